@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Set up everything gst-rtmp2-server needs on a fresh Debian 12 machine:
+# the apt packages (GStreamer, its Python loader, ffmpeg, rtmpdump), a venv made from
+# Debian's /usr/bin/python3 with --system-site-packages (so it sees gi/Gst, the same
+# interpreter GStreamer's Python plugin loader embeds), and this package installed editable.
+# Idempotent: a second run only checks.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+
+apt_packages=(
+    gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+    gstreamer1.0-plugins-bad gstreamer1.0-python3-plugin-loader python3-gst-1.0
+    gir1.2-gstreamer-1.0 ffmpeg rtmpdump python3-venv python3-gi
+)
+missing=()
+for p in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "setup: installing apt packages: ${missing[*]}"
+    sudo_cmd=()
+    [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}"
+fi
+
+extras="${RTMP2_EXTRAS:-}"
+stamp=".venv/.setup-stamp${extras:+-$extras}"
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv from /usr/bin/python3 (with system site packages for gi/Gst)"
+    /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "setup: installing gst-rtmp2-server${extras:+[$extras]} into .venv"
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
+    touch "$stamp"
+fi
