@@ -1,0 +1,608 @@
+"""The server side of one RTMP connection, sans-IO.
+
+This module owns the state machine of a connection from the first handshake byte to the
+end: handshake, chunk stream, protocol control (acknowledgements, peer bandwidth, pings),
+and the NetConnection/NetStream commands. Bytes go in through `receive_data()`; what the
+owner has to act on comes back as events (see `events.py`) plus audio/video/data `Message`
+objects; bytes to send accumulate and are drained with `data_to_send()`. Time, sockets and
+policy (who may publish what) belong to the owner: it answers `PublishRequest` with
+`accept_publish()` or `reject_publish()`, and `PlayRequest` likewise.
+
+Commands are answered with the client's own transaction ids, the way Flash Media Server,
+nginx-rtmp and SRS answer them, because ffmpeg, OBS, GStreamer and librtmp track them.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Callable
+from enum import Enum
+from typing import Any
+
+from . import amf0
+from .chunk import DEFAULT_MAX_MESSAGE_SIZE, ChunkReader, ChunkWriter
+from .errors import AMFError, LocalProtocolError, RemoteProtocolError
+from .events import (
+    Acknowledged,
+    CommandReceived,
+    Connected,
+    Event,
+    PauseRequest,
+    PlayRequest,
+    PublishRequest,
+    ReceiveMedia,
+    StreamClosed,
+)
+from .handshake import ServerHandshake
+from .messages import (
+    AGGREGATE,
+    AUDIO,
+    COMMAND_AMF0,
+    COMMAND_AMF3,
+    DATA_AMF0,
+    DATA_AMF3,
+    VIDEO,
+    Message,
+    MessageType,
+    UserControlEvent,
+    parse_acknowledgement,
+    parse_set_peer_bandwidth,
+    parse_user_control,
+    parse_window_ack_size,
+    set_peer_bandwidth_body,
+    u32,
+    user_control_body,
+)
+
+log = logging.getLogger(__name__)
+
+# Chunk stream ids we send on (nginx-rtmp's choice).
+CSID_CONTROL = 2
+CSID_COMMAND = 3
+CSID_STATUS = 5
+CSID_AUDIO = 6
+CSID_VIDEO = 7
+CSID_DATA = 5
+
+FMS_VERSION = "FMS/3,5,7,7009"
+SET_DATA_FRAME = b"\x02\x00\x0d@setDataFrame"
+_AGG_HEADER = struct.Struct(">BHBHBB3s")
+
+ReceivedItem = Event | Message
+
+
+class State(Enum):
+    HANDSHAKE = "handshake"
+    AWAIT_CONNECT = "await-connect"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+class ServerConnection:
+    """One RTMP connection, server side. Feed bytes in, take events and bytes out."""
+
+    def __init__(
+        self,
+        *,
+        chunk_size: int = 4096,
+        window_ack_size: int = 5_000_000,
+        peer_bandwidth: int = 5_000_000,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        handshake: ServerHandshake | None = None,
+    ) -> None:
+        self.state = State.HANDSHAKE
+        self._handshake = handshake or ServerHandshake()
+        self._reader = ChunkReader(max_message_size=max_message_size)
+        self._writer = ChunkWriter()
+        self._out: list[bytes] = []
+        self._chunk_size = chunk_size
+        self._window_ack_size = window_ack_size
+        self._peer_bandwidth = peer_bandwidth
+        self.bytes_received = 0
+        self._last_ack = 0
+        self._peer_window = 2_500_000  # until the peer announces its own
+        self.app = ""
+        self.app_query = ""
+        self.tc_url = ""
+        self.flash_ver = ""
+        self.object_encoding = 0.0
+        self.connect_object: dict[str, Any] = {}
+        self.publishing: set[int] = set()
+        self.playing: set[int] = set()
+        self._next_stream_id = 1
+        self._streams: set[int] = set()
+        # Extra properties merged into connect's `_result` command object; a hook for
+        # capability negotiation (Enhanced RTMP) filled in by `on_connect` if set.
+        self.on_connect: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        self._commands: dict[str, Callable[[float, Any, list[Any], int, list[ReceivedItem]], None]]
+        self._commands = {
+            "connect": self._cmd_connect,
+            "createStream": self._cmd_create_stream,
+            "releaseStream": self._cmd_release_stream,
+            "FCPublish": self._cmd_fc_publish,
+            "FCUnpublish": self._cmd_fc_unpublish,
+            "publish": self._cmd_publish,
+            "play": self._cmd_play,
+            "closeStream": self._cmd_close_stream,
+            "deleteStream": self._cmd_delete_stream,
+            "pause": self._cmd_pause,
+            "pauseRaw": self._cmd_pause,
+            "receiveAudio": self._cmd_receive_audio,
+            "receiveVideo": self._cmd_receive_video,
+            "getStreamLength": self._cmd_get_stream_length,
+            "FCSubscribe": self._cmd_fc_subscribe,
+            "FCUnsubscribe": self._cmd_ignore,
+            "_checkbw": self._cmd_checkbw,
+            "_result": self._cmd_ignore,
+            "_error": self._cmd_ignore,
+            "onBWDone": self._cmd_ignore,
+            "onStatus": self._cmd_ignore,
+        }
+
+    # --- input ---------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[ReceivedItem]:
+        """Feed bytes from the peer; `b""` means the peer closed. Returns what they complete.
+
+        Raises `RemoteProtocolError` (after which the connection is CLOSED) when the bytes
+        break the protocol.
+        """
+        if not data:
+            self.state = State.CLOSED
+            return []
+        if self.state is State.CLOSED:
+            raise LocalProtocolError("receive_data() on a closed connection")
+        self.bytes_received += len(data)
+        try:
+            if self.state is State.HANDSHAKE:
+                hs = self._handshake
+                hs.receive_data(data)
+                out = hs.data_to_send()
+                if out:
+                    self._out.append(out)
+                if not hs.done:
+                    return []
+                self.state = State.AWAIT_CONNECT
+                data = hs.unused_data
+                if not data:
+                    return []
+            items: list[ReceivedItem] = []
+            for msg in self._reader.feed(data):
+                type_id = msg.type_id
+                if type_id in (VIDEO, AUDIO):
+                    if msg.stream_id in self.publishing:
+                        items.append(msg)
+                elif type_id in (DATA_AMF0, DATA_AMF3):
+                    self._on_data(msg, items)
+                elif type_id in (COMMAND_AMF0, COMMAND_AMF3):
+                    self._on_command(msg, items)
+                elif type_id == AGGREGATE:
+                    self._on_aggregate(msg, items)
+                else:
+                    self._on_control(msg, items)
+            if self.bytes_received - self._last_ack >= self._peer_window:
+                self._last_ack = self.bytes_received
+                self._send_control(MessageType.ACKNOWLEDGEMENT, u32(self.bytes_received))
+            return items
+        except RemoteProtocolError:
+            self.state = State.CLOSED
+            raise
+
+    # --- output --------------------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        """Drain the bytes queued for the peer."""
+        out = self._out
+        if not out:
+            return b""
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        return data
+
+    def send_message(
+        self, csid: int, timestamp: int, type_id: int, stream_id: int, payload: bytes
+    ) -> None:
+        self._out.append(self._writer.write(csid, timestamp, type_id, stream_id, payload))
+
+    def send_command(self, stream_id: int, name: str, tid: float, *args: Any) -> None:
+        csid = CSID_COMMAND if stream_id == 0 else CSID_STATUS
+        self.send_message(csid, 0, COMMAND_AMF0, stream_id, amf0.encode(name, tid, *args))
+
+    def send_status(
+        self, stream_id: int, level: str, code: str, description: str, **extra: Any
+    ) -> None:
+        info = {"level": level, "code": code, "description": description, **extra}
+        self.send_command(stream_id, "onStatus", 0.0, None, info)
+
+    def send_user_control(self, event: int, *args: int) -> None:
+        self._send_control(MessageType.USER_CONTROL, user_control_body(event, *args))
+
+    def _send_control(self, type_id: int, body: bytes) -> None:
+        self.send_message(CSID_CONTROL, 0, type_id, 0, body)
+
+    # --- owner decisions -----------------------------------------------------------------
+
+    def accept_publish(self, request: PublishRequest) -> None:
+        sid = request.stream_id
+        self.publishing.add(sid)
+        self.send_user_control(UserControlEvent.STREAM_BEGIN, sid)
+        self.send_status(
+            sid,
+            "status",
+            "NetStream.Publish.Start",
+            f"{request.name} is now published.",
+            details=request.name,
+        )
+
+    def reject_publish(
+        self,
+        request: PublishRequest,
+        description: str,
+        code: str = "NetStream.Publish.BadName",
+    ) -> None:
+        self.send_status(request.stream_id, "error", code, description)
+
+    def accept_play(self, request: PlayRequest) -> None:
+        sid = request.stream_id
+        self.playing.add(sid)
+        self.send_user_control(UserControlEvent.STREAM_IS_RECORDED, sid)
+        self.send_user_control(UserControlEvent.STREAM_BEGIN, sid)
+        if request.reset:
+            self.send_status(
+                sid,
+                "status",
+                "NetStream.Play.Reset",
+                f"Playing and resetting {request.name}.",
+                details=request.name,
+            )
+        self.send_status(
+            sid,
+            "status",
+            "NetStream.Play.Start",
+            f"Started playing {request.name}.",
+            details=request.name,
+        )
+        self.send_message(
+            CSID_DATA,
+            0,
+            DATA_AMF0,
+            sid,
+            amf0.encode("|RtmpSampleAccess", True, True),
+        )
+
+    def reject_play(
+        self,
+        request: PlayRequest,
+        description: str,
+        code: str = "NetStream.Play.StreamNotFound",
+    ) -> None:
+        self.send_status(request.stream_id, "error", code, description, details=request.name)
+
+    # --- message handlers ----------------------------------------------------------------
+
+    def _on_data(self, msg: Message, items: list[ReceivedItem]) -> None:
+        if msg.stream_id not in self.publishing:
+            return
+        payload = msg.payload
+        if msg.type_id == DATA_AMF3:
+            # AMF3 data messages start with a format byte 0, then AMF0 values.
+            payload = payload[1:]
+        if payload.startswith(SET_DATA_FRAME):
+            payload = payload[len(SET_DATA_FRAME) :]
+        if payload is not msg.payload:
+            msg = Message(msg.csid, msg.timestamp, DATA_AMF0, msg.stream_id, payload)
+        items.append(msg)
+
+    def _on_aggregate(self, msg: Message, items: list[ReceivedItem]) -> None:
+        """Split an aggregate message (type 22) into its FLV-tag-shaped sub-messages."""
+        body = msg.payload
+        pos = 0
+        base: int | None = None
+        while pos + 11 <= len(body):
+            tag_type, hi, lo, ts_hi, ts_lo, ts_ext, _ = _AGG_HEADER.unpack_from(body, pos)
+            size = (hi << 8) | lo
+            ts = (ts_ext << 24) | (ts_hi << 8) | ts_lo
+            end = pos + 11 + size
+            if end > len(body):
+                raise RemoteProtocolError(
+                    f"aggregate message: sub-message of {size} bytes at offset {pos} "
+                    f"runs past the {len(body)}-byte body"
+                )
+            if base is None:
+                base = ts
+            sub = Message(
+                msg.csid,
+                (msg.timestamp + ts - base) & 0xFFFFFFFF,
+                tag_type & 0x1F,
+                msg.stream_id,
+                body[pos + 11 : end],
+            )
+            if sub.type_id in (AUDIO, VIDEO):
+                if sub.stream_id in self.publishing:
+                    items.append(sub)
+            elif sub.type_id == DATA_AMF0:
+                self._on_data(sub, items)
+            pos = end + 4  # skip the back pointer
+
+    def _on_control(self, msg: Message, items: list[ReceivedItem]) -> None:
+        type_id = msg.type_id
+        if type_id == MessageType.WINDOW_ACK_SIZE:
+            size = parse_window_ack_size(msg.payload)
+            if size == 0:
+                raise RemoteProtocolError(
+                    "Window Acknowledgement Size 0, expected a positive window"
+                )
+            self._peer_window = size
+        elif type_id == MessageType.ACKNOWLEDGEMENT:
+            items.append(Acknowledged(parse_acknowledgement(msg.payload)))
+        elif type_id == MessageType.USER_CONTROL:
+            event, arg, _ = parse_user_control(msg.payload)
+            if event == UserControlEvent.PING_REQUEST:
+                self.send_user_control(UserControlEvent.PING_RESPONSE, arg)
+        elif type_id == MessageType.SET_PEER_BANDWIDTH:
+            size, _limit = parse_set_peer_bandwidth(msg.payload)
+            if size != self._peer_window:
+                self._peer_window = max(size, 1)
+        # Set Chunk Size and Abort were applied by the chunk reader; shared objects and
+        # unknown types are ignored, as Flash Media Server does.
+
+    def _on_command(self, msg: Message, items: list[ReceivedItem]) -> None:
+        payload = msg.payload
+        if msg.type_id == COMMAND_AMF3:
+            if not payload:
+                raise AMFError("AMF3 command message with an empty body, expected a command")
+            payload = payload[1:]
+        values = amf0.decode_all(payload)
+        if len(values) < 2 or not isinstance(values[0], str):
+            raise AMFError(
+                f"command message of {len(msg.payload)} bytes decodes to {_short(values)}, "
+                "expected a command name string and a transaction id"
+            )
+        name = values[0]
+        tid = values[1]
+        if isinstance(tid, bool) or not isinstance(tid, (int, float)):
+            raise AMFError(f"command {name!r}: transaction id {tid!r}, expected a number")
+        cmd_obj = values[2] if len(values) > 2 else None
+        args = values[3:]
+        if self.state is State.AWAIT_CONNECT and name != "connect":
+            raise RemoteProtocolError(f"command {name!r} before connect, expected 'connect'")
+        handler = self._commands.get(name)
+        if handler is None:
+            if tid:
+                self.send_command(
+                    0,
+                    "_error",
+                    float(tid),
+                    None,
+                    {
+                        "level": "error",
+                        "code": "NetConnection.Call.Failed",
+                        "description": f"Method not found ({name}).",
+                    },
+                )
+            items.append(CommandReceived(name, float(tid), msg.stream_id, tuple(values[2:])))
+            return
+        handler(float(tid), cmd_obj, args, msg.stream_id, items)
+
+    # --- commands ------------------------------------------------------------------------
+
+    def _cmd_connect(
+        self, tid: float, cmd_obj: Any, args: list[Any], sid: int, items: list[ReceivedItem]
+    ) -> None:
+        if self.state is not State.AWAIT_CONNECT:
+            raise RemoteProtocolError("second 'connect' on one connection, expected one")
+        if not isinstance(cmd_obj, dict):
+            raise AMFError(f"connect: command object {cmd_obj!r}, expected an object")
+        app = cmd_obj.get("app", "")
+        if not isinstance(app, str):
+            raise AMFError(f"connect: app {app!r}, expected a string")
+        tc_url = cmd_obj.get("tcUrl", "")
+        flash_ver = cmd_obj.get("flashVer", "")
+        encoding = cmd_obj.get("objectEncoding", 0.0)
+        self.connect_object = dict(cmd_obj)
+        self.tc_url = tc_url if isinstance(tc_url, str) else ""
+        self.flash_ver = flash_ver if isinstance(flash_ver, str) else ""
+        self.object_encoding = (
+            float(encoding)
+            if isinstance(encoding, (int, float)) and not isinstance(encoding, bool)
+            else 0.0
+        )
+        self.app, self.app_query = split_app(app)
+        self.state = State.CONNECTED
+        self._send_control(MessageType.WINDOW_ACK_SIZE, u32(self._window_ack_size))
+        self._send_control(
+            MessageType.SET_PEER_BANDWIDTH, set_peer_bandwidth_body(self._peer_bandwidth, 2)
+        )
+        if self._chunk_size != self._writer.chunk_size:
+            self._send_control(MessageType.SET_CHUNK_SIZE, u32(self._chunk_size))
+            self._writer.set_chunk_size(self._chunk_size)
+        props: dict[str, Any] = {"fmsVer": FMS_VERSION, "capabilities": 31.0, "mode": 1.0}
+        info: dict[str, Any] = {
+            "level": "status",
+            "code": "NetConnection.Connect.Success",
+            "description": "Connection succeeded.",
+            "objectEncoding": self.object_encoding,
+        }
+        if self.on_connect is not None:
+            props.update(self.on_connect(self.connect_object))
+        self.send_command(0, "_result", tid, props, info)
+        items.append(
+            Connected(self.app, self.tc_url, self.flash_ver, self.object_encoding, cmd_obj)
+        )
+
+    def _cmd_create_stream(
+        self, tid: float, cmd_obj: Any, args: list[Any], sid: int, items: list[ReceivedItem]
+    ) -> None:
+        if len(self._streams) >= 64:
+            raise RemoteProtocolError(
+                "createStream: 64 message streams already open, expected fewer"
+            )
+        stream_id = self._next_stream_id
+        self._next_stream_id += 1
+        self._streams.add(stream_id)
+        self.send_command(0, "_result", tid, None, float(stream_id))
+
+    def _cmd_release_stream(
+        self, tid: float, cmd_obj: Any, args: list[Any], sid: int, items: list[ReceivedItem]
+    ) -> None:
+        if tid:
+            self.send_command(0, "_result", tid, None, amf0.UNDEFINED)
+
+    def _cmd_fc_publish(
+        self, tid: float, cmd_obj: Any, args: list[Any], sid: int, items: list[ReceivedItem]
+    ) -> None:
+        name = _first_str(args)
+        self.send_command(
+            0,
+            "onFCPublish",
+            0.0,
+            None,
+            {"code": "NetStream.Publish.Start", "description": name},
+        )
+        if tid:
+            self.send_command(0, "_result", tid, None, amf0.UNDEFINED)
+
+    def _cmd_fc_unpublish(
+        self, tid: float, cmd_obj: Any, args: list[Any], sid: int, items: list[ReceivedItem]
+    ) -> None:
+        name = _first_str(args)
+        self.send_command(
+            0,
+            "onFCUnpublish",
+            0.0,
+            None,
+            {"code": "NetStream.Unpublish.Success", "description": name},
+        )
+        if tid:
+            self.send_command(0, "_result", tid, None, amf0.UNDEFINED)
+        # FCUnpublish arrives on stream 0 and names the stream; ffmpeg and OBS follow it
+        # with deleteStream, which is what ends the publish. Nothing else to do here.
+
+    def _cmd_publish(
+        self, tid: float, cmd_obj: Any, args: list[Any], sid: int, items: list[ReceivedItem]
+    ) -> None:
+        if not args or not isinstance(args[0], str) or not args[0]:
+            raise AMFError(f"publish: stream name {args[0] if args else None!r}, expected a string")
+        if sid == 0:
+            raise RemoteProtocolError(
+                "publish on message stream 0, expected a stream from createStream"
+            )
+        name, query = split_query(args[0])
+        ptype = args[1] if len(args) > 1 and isinstance(args[1], str) else "live"
+        if sid in self.publishing:
+            raise RemoteProtocolError(f"publish on stream {sid} that already publishes")
+        items.append(PublishRequest(sid, name, query, ptype, tid))
+
+    def _cmd_play(
+        self, tid: float, cmd_obj: Any, args: list[Any], sid: int, items: list[ReceivedItem]
+    ) -> None:
+        if not args or not isinstance(args[0], str) or not args[0]:
+            raise AMFError(f"play: stream name {args[0] if args else None!r}, expected a string")
+        if sid == 0:
+            raise RemoteProtocolError(
+                "play on message stream 0, expected a stream from createStream"
+            )
+        name, query = split_query(args[0])
+        start = _num(args, 1, -2.0)
+        duration = _num(args, 2, -1.0)
+        reset = bool(args[3]) if len(args) > 3 else True
+        items.append(PlayRequest(sid, name, query, start, duration, reset, tid))
+
+    def _end_stream(self, sid: int, command: str, items: list[ReceivedItem]) -> None:
+        was_active = sid in self.publishing or sid in self.playing
+        self.publishing.discard(sid)
+        self.playing.discard(sid)
+        if was_active:
+            items.append(StreamClosed(sid, command))
+
+    def _cmd_close_stream(
+        self, tid: float, cmd_obj: Any, args: list[Any], sid: int, items: list[ReceivedItem]
+    ) -> None:
+        self._end_stream(sid, "closeStream", items)
+
+    def _cmd_delete_stream(
+        self, tid: float, cmd_obj: Any, args: list[Any], sid: int, items: list[ReceivedItem]
+    ) -> None:
+        target = _num(args, 0, float(sid))
+        target_id = int(target) if 0 <= target < 2**32 else sid
+        self._end_stream(target_id, "deleteStream", items)
+        self._streams.discard(target_id)
+
+    def _cmd_pause(
+        self, tid: float, cmd_obj: Any, args: list[Any], sid: int, items: list[ReceivedItem]
+    ) -> None:
+        pause = bool(args[0]) if args else True
+        items.append(PauseRequest(sid, pause, _num(args, 1, 0.0)))
+
+    def _cmd_receive_audio(
+        self, tid: float, cmd_obj: Any, args: list[Any], sid: int, items: list[ReceivedItem]
+    ) -> None:
+        items.append(ReceiveMedia(sid, "audio", bool(args[0]) if args else True))
+
+    def _cmd_receive_video(
+        self, tid: float, cmd_obj: Any, args: list[Any], sid: int, items: list[ReceivedItem]
+    ) -> None:
+        items.append(ReceiveMedia(sid, "video", bool(args[0]) if args else True))
+
+    def _cmd_get_stream_length(
+        self, tid: float, cmd_obj: Any, args: list[Any], sid: int, items: list[ReceivedItem]
+    ) -> None:
+        if tid:
+            self.send_command(0, "_result", tid, None, 0.0)
+
+    def _cmd_fc_subscribe(
+        self, tid: float, cmd_obj: Any, args: list[Any], sid: int, items: list[ReceivedItem]
+    ) -> None:
+        name = _first_str(args)
+        self.send_command(
+            0,
+            "onFCSubscribe",
+            0.0,
+            None,
+            {"level": "status", "code": "NetStream.Play.Start", "description": name},
+        )
+
+    def _cmd_checkbw(
+        self, tid: float, cmd_obj: Any, args: list[Any], sid: int, items: list[ReceivedItem]
+    ) -> None:
+        if tid:
+            self.send_command(0, "_result", tid, None, amf0.UNDEFINED)
+
+    def _cmd_ignore(
+        self, tid: float, cmd_obj: Any, args: list[Any], sid: int, items: list[ReceivedItem]
+    ) -> None:
+        pass
+
+
+def split_query(name: str) -> tuple[str, str]:
+    """`"stream?key=1"` -> `("stream", "key=1")`."""
+    base, _, query = name.partition("?")
+    return base, query
+
+
+def split_app(app: str) -> tuple[str, str]:
+    """The application name from connect's `app`, without query string or slashes around it.
+
+    ffmpeg sends `live`, OBS `live` (or `live?key` when the key went into the server URL),
+    librtmp may send `live/` or `app/instance`.
+    """
+    base, query = split_query(app)
+    return base.strip("/"), query
+
+
+def _first_str(args: list[Any]) -> str:
+    return args[0] if args and isinstance(args[0], str) else ""
+
+
+def _num(args: list[Any], index: int, default: float) -> float:
+    if len(args) > index:
+        v = args[index]
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+    return default
+
+
+def _short(values: list[Any]) -> str:
+    text = repr(values)
+    return text if len(text) <= 120 else text[:117] + "..."

@@ -1,0 +1,154 @@
+"""FLV (Adobe FLV 10.1, annex E): the file header, tags, and a reader for tests and tools.
+
+This module owns the byte layout of FLV: the 9-byte header with its audio/video flags,
+PreviousTagSize0, and tags (11-byte header with the 24+8-bit extended timestamp, the
+body, then the 4-byte PreviousTagSize). RTMP audio (8), video (9) and AMF0 data (18)
+messages map one to one onto FLV tags, so a tag body is an RTMP message payload unchanged.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from .errors import RemoteProtocolError
+
+TAG_AUDIO = 8
+TAG_VIDEO = 9
+TAG_SCRIPT = 18
+
+FLAG_AUDIO = 0x04
+FLAG_VIDEO = 0x01
+HEADER_SIZE = 9
+FLAGS_OFFSET = 4  # byte of the header that holds the audio/video flags
+
+_U32 = struct.Struct(">I")
+_TAG_HEADER = struct.Struct(">BHBHBB3s")  # type, size(3)=H+B, ts(3)=H+B, ts_ext, stream id(3)
+
+
+class FLVError(RemoteProtocolError):
+    """Bytes that are not a valid FLV file."""
+
+
+def file_header(*, audio: bool, video: bool) -> bytes:
+    """The FLV header plus PreviousTagSize0 (13 bytes)."""
+    flags = (FLAG_AUDIO if audio else 0) | (FLAG_VIDEO if video else 0)
+    return b"FLV\x01" + bytes((flags,)) + _U32.pack(HEADER_SIZE) + b"\x00\x00\x00\x00"
+
+
+def tag_header(tag_type: int, timestamp: int, size: int) -> bytes:
+    """The 11-byte tag header; the timestamp's upper 8 bits go in TimestampExtended."""
+    timestamp &= 0xFFFFFFFF
+    return _TAG_HEADER.pack(
+        tag_type,
+        size >> 8,
+        size & 0xFF,
+        (timestamp >> 8) & 0xFFFF,
+        timestamp & 0xFF,
+        timestamp >> 24,
+        b"\x00\x00\x00",
+    )
+
+
+def tag(tag_type: int, timestamp: int, body: bytes) -> bytes:
+    """One whole tag: header, body, PreviousTagSize."""
+    size = len(body)
+    return tag_header(tag_type, timestamp, size) + body + _U32.pack(size + 11)
+
+
+class FLVWriter:
+    """Writes FLV tags to a binary file object.
+
+    The header's audio/video flags are first set from what the caller expects (for example
+    from onMetaData); `close()` rewrites them from what was really written, when the file is
+    seekable, so the header always matches the stream.
+    """
+
+    def __init__(self, fileobj: BinaryIO, *, audio: bool = True, video: bool = True) -> None:
+        self._f = fileobj
+        self._flags_written = (FLAG_AUDIO if audio else 0) | (FLAG_VIDEO if video else 0)
+        self._seen = 0
+        self._f.write(file_header(audio=audio, video=video))
+        self.tags = 0
+        self.bytes_written = 13
+
+    def write_tag(self, tag_type: int, timestamp: int, body: bytes) -> None:
+        size = len(body)
+        write = self._f.write
+        write(tag_header(tag_type, timestamp, size))
+        write(body)
+        write(_U32.pack(size + 11))
+        if tag_type == TAG_VIDEO:
+            self._seen |= FLAG_VIDEO
+        elif tag_type == TAG_AUDIO:
+            self._seen |= FLAG_AUDIO
+        self.tags += 1
+        self.bytes_written += size + 15
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def close(self) -> None:
+        """Fix the header flags if the stream differed from the guess, then close the file."""
+        f = self._f
+        if self._seen != self._flags_written and f.seekable():
+            f.flush()
+            end = f.tell()
+            f.seek(FLAGS_OFFSET)
+            f.write(bytes((self._seen,)))
+            f.seek(end)
+        f.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Tag:
+    tag_type: int
+    timestamp: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FLVHeader:
+    version: int
+    audio: bool
+    video: bool
+
+
+def read_flv(data: bytes) -> tuple[FLVHeader, list[Tag]]:
+    """Parse a whole FLV file. A truncated last tag is an error (use `iter_tags` to tolerate)."""
+    header, tags, rest = parse_flv(data)
+    if rest:
+        raise FLVError(f"FLV: {rest} trailing bytes after the last complete tag")
+    return header, tags
+
+
+def parse_flv(data: bytes) -> tuple[FLVHeader, list[Tag], int]:
+    """Parse an FLV file; return the header, the complete tags and how many bytes trail."""
+    if len(data) < 13 or data[:3] != b"FLV":
+        raise FLVError(f"FLV: file starts {bytes(data[:3])!r}, expected b'FLV' and 13 bytes")
+    offset = _U32.unpack_from(data, 5)[0]
+    if offset < 9 or offset + 4 > len(data):
+        raise FLVError(f"FLV: header size {offset}, expected 9 or more within the file")
+    flags = data[4]
+    header = FLVHeader(data[3], bool(flags & FLAG_AUDIO), bool(flags & FLAG_VIDEO))
+    tags = list(_iter_tags(data, offset + 4))
+    consumed = offset + 4 + sum(len(t.body) + 15 for t in tags)
+    return header, tags, len(data) - consumed
+
+
+def _iter_tags(data: bytes, pos: int) -> Iterator[Tag]:
+    n = len(data)
+    while pos + 15 <= n:
+        tag_type = data[pos] & 0x1F
+        size = (data[pos + 1] << 16) | (data[pos + 2] << 8) | data[pos + 3]
+        ts = (data[pos + 4] << 16) | (data[pos + 5] << 8) | data[pos + 6] | (data[pos + 7] << 24)
+        end = pos + 11 + size
+        if end + 4 > n:
+            return
+        prev = _U32.unpack_from(data, end)[0]
+        if prev != size + 11:
+            raise FLVError(f"FLV: PreviousTagSize {prev} at offset {end}, expected {size + 11}")
+        yield Tag(tag_type, ts, bytes(data[pos + 11 : end]))
+        pos = end + 4

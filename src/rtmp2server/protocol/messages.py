@@ -1,0 +1,167 @@
+"""RTMP messages: the `Message` record, message type ids, and the protocol control messages.
+
+This module owns what a complete RTMP message is once the chunk layer has reassembled it
+(RTMP 1.0 section 6), the numbering of message types, and the encoding and decoding of the
+small fixed-layout control messages (Set Chunk Size, Abort, Acknowledgement, Window
+Acknowledgement Size, Set Peer Bandwidth, User Control). Commands (AMF) live in
+`connection.py`; the chunk framing in `chunk.py`.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+
+from .errors import RemoteProtocolError
+
+_U32 = struct.Struct(">I")
+_U16 = struct.Struct(">H")
+_U16_U32 = struct.Struct(">HI")
+_U16_U32_U32 = struct.Struct(">HII")
+_U32_U8 = struct.Struct(">IB")
+
+
+class MessageType(IntEnum):
+    SET_CHUNK_SIZE = 1
+    ABORT = 2
+    ACKNOWLEDGEMENT = 3
+    USER_CONTROL = 4
+    WINDOW_ACK_SIZE = 5
+    SET_PEER_BANDWIDTH = 6
+    AUDIO = 8
+    VIDEO = 9
+    DATA_AMF3 = 15
+    SHARED_OBJECT_AMF3 = 16
+    COMMAND_AMF3 = 17
+    DATA_AMF0 = 18
+    SHARED_OBJECT_AMF0 = 19
+    COMMAND_AMF0 = 20
+    AGGREGATE = 22
+
+
+# Plain ints for the hot path (IntEnum comparisons are slower).
+AUDIO = 8
+VIDEO = 9
+DATA_AMF0 = 18
+DATA_AMF3 = 15
+COMMAND_AMF0 = 20
+COMMAND_AMF3 = 17
+AGGREGATE = 22
+
+CONTROL_TYPES = frozenset({1, 2, 3, 5, 6})
+
+
+class UserControlEvent(IntEnum):
+    STREAM_BEGIN = 0
+    STREAM_EOF = 1
+    STREAM_DRY = 2
+    SET_BUFFER_LENGTH = 3
+    STREAM_IS_RECORDED = 4
+    PING_REQUEST = 6
+    PING_RESPONSE = 7
+
+
+class Message:
+    """One complete RTMP message.
+
+    A plain class with `__slots__` rather than a dataclass: one is made per audio/video frame,
+    so construction cost matters. `payload` is immutable `bytes`, joined once when the last
+    chunk arrived. `timestamp` is the absolute 32-bit message timestamp in milliseconds.
+    """
+
+    __slots__ = ("csid", "payload", "stream_id", "timestamp", "type_id")
+
+    def __init__(
+        self, csid: int, timestamp: int, type_id: int, stream_id: int, payload: bytes
+    ) -> None:
+        self.csid = csid
+        self.timestamp = timestamp
+        self.type_id = type_id
+        self.stream_id = stream_id
+        self.payload = payload
+
+    def __repr__(self) -> str:
+        return (
+            f"Message(csid={self.csid}, timestamp={self.timestamp}, type_id={self.type_id}, "
+            f"stream_id={self.stream_id}, payload=<{len(self.payload)} bytes>)"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return (
+            self.csid == other.csid
+            and self.timestamp == other.timestamp
+            and self.type_id == other.type_id
+            and self.stream_id == other.stream_id
+            and self.payload == other.payload
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+# --- control message bodies -------------------------------------------------------------
+
+MAX_CHUNK_SIZE = 0x7FFFFFFF
+
+
+def _u32_body(what: str, payload: bytes) -> int:
+    if len(payload) < 4:
+        raise RemoteProtocolError(f"{what}: {len(payload)}-byte body, expected 4 bytes")
+    value: int = _U32.unpack_from(payload)[0]
+    return value
+
+
+def parse_set_chunk_size(payload: bytes) -> int:
+    """The new chunk size; RTMP 1.0 5.4.1 allows 1..2^31-1 (the top bit must be zero)."""
+    size = _u32_body("Set Chunk Size", payload)
+    if not 1 <= size <= MAX_CHUNK_SIZE:
+        raise RemoteProtocolError(
+            f"Set Chunk Size {size} (0x{size:08x}), expected 1..{MAX_CHUNK_SIZE}"
+        )
+    return size
+
+
+def parse_abort(payload: bytes) -> int:
+    return _u32_body("Abort Message", payload)
+
+
+def parse_acknowledgement(payload: bytes) -> int:
+    return _u32_body("Acknowledgement", payload)
+
+
+def parse_window_ack_size(payload: bytes) -> int:
+    return _u32_body("Window Acknowledgement Size", payload)
+
+
+def parse_set_peer_bandwidth(payload: bytes) -> tuple[int, int]:
+    if len(payload) < 5:
+        raise RemoteProtocolError(f"Set Peer Bandwidth: {len(payload)}-byte body, expected 5 bytes")
+    size, limit = _U32_U8.unpack_from(payload)
+    return size, limit
+
+
+def parse_user_control(payload: bytes) -> tuple[int, int, int]:
+    """(event type, first u32 argument or 0, second u32 argument or 0)."""
+    if len(payload) < 2:
+        raise RemoteProtocolError(
+            f"User Control: {len(payload)}-byte body, expected at least 2 bytes"
+        )
+    if len(payload) >= 10:
+        return _U16_U32_U32.unpack_from(payload)  # type: ignore[return-value]
+    if len(payload) >= 6:
+        event, arg = _U16_U32.unpack_from(payload)
+        return event, arg, 0
+    return _U16.unpack_from(payload)[0], 0, 0
+
+
+def u32(value: int) -> bytes:
+    return _U32.pack(value & 0xFFFFFFFF)
+
+
+def set_peer_bandwidth_body(size: int, limit_type: int) -> bytes:
+    return _U32_U8.pack(size, limit_type)
+
+
+def user_control_body(event: int, *args: int) -> bytes:
+    return _U16.pack(event) + b"".join(_U32.pack(a & 0xFFFFFFFF) for a in args)

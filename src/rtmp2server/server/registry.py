@@ -1,0 +1,131 @@
+"""The stream registry: who publishes what, and who receives it.
+
+A `Stream` is one live publish, keyed by (application, stream name). Whatever wants its
+messages (the recorder, a GStreamer element, players) is a `Sink` attached to it. The
+registry guarantees one publisher per key and tells observers when streams start and end.
+No sockets here: sessions call into it from the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..protocol.messages import AUDIO, VIDEO, Message
+
+log = logging.getLogger(__name__)
+
+StreamKey = tuple[str, str]
+
+
+class Sink(Protocol):
+    """Receives a stream's messages (audio 8, video 9, AMF0 data 18) in order."""
+
+    def on_message(self, stream: Stream, msg: Message) -> None: ...
+
+    def on_end(self, stream: Stream) -> None: ...
+
+
+@dataclass(eq=False)
+class Stream:
+    """One live publish."""
+
+    app: str
+    name: str
+    query: str = ""
+    peer: str = ""
+    flash_ver: str = ""
+    tc_url: str = ""
+    started: float = field(default_factory=time.monotonic)
+    started_wall: float = field(default_factory=time.time)
+    sinks: list[Sink] = field(default_factory=list)
+    video_frames: int = 0
+    audio_frames: int = 0
+    data_messages: int = 0
+    bytes: int = 0
+    ended: bool = False
+
+    @property
+    def key(self) -> StreamKey:
+        return (self.app, self.name)
+
+    @property
+    def duration(self) -> float:
+        return time.monotonic() - self.started
+
+    def deliver(self, msg: Message) -> None:
+        """Count `msg` and hand it to every sink. A failing sink is detached and logged;
+        the publisher and the other sinks go on."""
+        type_id = msg.type_id
+        if type_id == VIDEO:
+            self.video_frames += 1
+        elif type_id == AUDIO:
+            self.audio_frames += 1
+        else:
+            self.data_messages += 1
+        self.bytes += len(msg.payload)
+        for sink in self.sinks:
+            try:
+                sink.on_message(self, msg)
+            except Exception:
+                log.exception("stream %s/%s: sink %r failed; detaching it", *self.key, sink)
+                self.remove_sink(sink)
+
+    def add_sink(self, sink: Sink) -> None:
+        self.sinks = [*self.sinks, sink]
+
+    def remove_sink(self, sink: Sink) -> None:
+        self.sinks = [s for s in self.sinks if s is not sink]
+
+    def end(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        for sink in self.sinks:
+            try:
+                sink.on_end(self)
+            except Exception:
+                log.exception("stream %s/%s: sink %r failed at end", *self.key, sink)
+
+
+StreamObserver = Callable[[Stream], None]
+
+
+class StreamRegistry:
+    """The live streams of one server, by (app, name)."""
+
+    def __init__(self) -> None:
+        self._streams: dict[StreamKey, Stream] = {}
+        self.on_start: list[StreamObserver] = []
+        self.on_stop: list[StreamObserver] = []
+
+    def get(self, app: str, name: str) -> Stream | None:
+        return self._streams.get((app, name))
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(list(self._streams.values()))
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def claim(self, stream: Stream) -> bool:
+        """Register `stream` as the publisher of its key; False if the key is taken."""
+        if stream.key in self._streams:
+            return False
+        self._streams[stream.key] = stream
+        return True
+
+    def started(self, stream: Stream) -> None:
+        for observer in list(self.on_start):
+            observer(stream)
+
+    def release(self, stream: Stream) -> None:
+        """End `stream` (its sinks get `on_end`) and free its key."""
+        if self._streams.get(stream.key) is stream:
+            del self._streams[stream.key]
+        stream.end()
+        for observer in list(self.on_stop):
+            observer(stream)
