@@ -178,7 +178,7 @@ def test_ping_request_answered() -> None:
 
 
 def test_acknowledgement_sent_per_window() -> None:
-    p = Pair()
+    p = Pair(split=1000)
     sid = p.connect_and_publish()
     p.client._send(2, 0, 5, 0, struct.pack(">I", 10_000))  # our window: 10 kB
     for i in range(10):

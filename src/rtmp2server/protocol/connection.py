@@ -101,7 +101,10 @@ class ServerConnection:
         self._peer_bandwidth = peer_bandwidth
         self.bytes_received = 0
         self._last_ack = 0
-        self._peer_window = 2_500_000  # until the peer announces its own
+        # Acknowledgements go out only once the peer has announced a window (as SRS does).
+        # ffmpeg never announces one; acks it has not read when it closes its socket make
+        # its kernel reset the connection and drop what it had not sent yet.
+        self._peer_window = 0
         self.app = ""
         self.app_query = ""
         self.tc_url = ""
@@ -181,7 +184,7 @@ class ServerConnection:
                     self._on_aggregate(msg, items)
                 else:
                     self._on_control(msg, items)
-            if self.bytes_received - self._last_ack >= self._peer_window:
+            if self._peer_window and self.bytes_received - self._last_ack >= self._peer_window:
                 self._last_ack = self.bytes_received
                 self._send_control(MessageType.ACKNOWLEDGEMENT, u32(self.bytes_received))
             return items
@@ -341,9 +344,11 @@ class ServerConnection:
             if event == UserControlEvent.PING_REQUEST:
                 self.send_user_control(UserControlEvent.PING_RESPONSE, arg)
         elif type_id == MessageType.SET_PEER_BANDWIDTH:
+            # RTMP 1.0 5.4.5: answer with a Window Acknowledgement Size when it differs.
             size, _limit = parse_set_peer_bandwidth(msg.payload)
-            if size != self._peer_window:
-                self._peer_window = max(size, 1)
+            if size and size != self._window_ack_size:
+                self._window_ack_size = size
+                self._send_control(MessageType.WINDOW_ACK_SIZE, u32(size))
         # Set Chunk Size and Abort were applied by the chunk reader; shared objects and
         # unknown types are ignored, as Flash Media Server does.
 
