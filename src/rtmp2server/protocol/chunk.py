@@ -54,7 +54,7 @@ class _InStream:
         self.extended = False  # the last fmt 0/1/2 header carried an extended timestamp
         self.ext_value = 0
         self.remaining = 0  # payload bytes still due for the message in progress
-        self.parts: list[bytes] = []
+        self.parts: list[bytes | bytearray] = []
 
 
 class ChunkReader:
