@@ -366,3 +366,14 @@ def test_fuzz_mutated_valid_streams(
             data[pos % len(data)] = value
     with contextlib.suppress(RemoteProtocolError):
         feed_all(bytes(data), 3)
+
+
+def test_messages_before_bad_chunk_are_handed_out() -> None:
+    reader = ChunkReader()
+    good = fmt0(6, 0, 3, 9, 1) + b"abc"
+    bad = fmt0(2, 0, 4, 1, 0) + struct.pack(">I", 0)  # Set Chunk Size 0
+    msgs = reader.feed(good + bad + good)
+    assert [m.payload for m in msgs] == [b"abc"]
+    assert isinstance(reader.error, RemoteProtocolError)
+    with pytest.raises(RemoteProtocolError):
+        reader.feed(good)

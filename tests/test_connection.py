@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from typing import Any
 
@@ -171,9 +172,7 @@ def test_ping_request_answered() -> None:
     p.client.connect("live", "rtmp://h/live")
     p.client._send(2, 0, 4, 0, struct.pack(">HI", 6, 12345))
     p.pump()
-    pongs = [
-        m for m in p.client_items if isinstance(m, Message) and m.type_id == 4
-    ]
+    pongs = [m for m in p.client_items if isinstance(m, Message) and m.type_id == 4]
     assert any(m.payload == struct.pack(">HI", 7, 12345) for m in pongs)
 
 
@@ -274,9 +273,7 @@ def test_fuzz_after_handshake_only_remote_errors(data: bytes, step: int) -> None
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    flips=st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 255)), min_size=1, max_size=3)
-)
+@given(flips=st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 255)), min_size=1, max_size=3))
 def test_fuzz_mutated_session_only_remote_errors(flips: list[tuple[int, int]]) -> None:
     client = ClientConnection()
     server = ServerConnection()
@@ -292,7 +289,17 @@ def test_fuzz_mutated_session_only_remote_errors(flips: list[tuple[int, int]]) -
     stream = bytearray(client.data_to_send())
     for pos, value in flips:
         stream[pos % len(stream)] = value
-    try:
+    with contextlib.suppress(RemoteProtocolError):
         server.receive_data(bytes(stream))
-    except RemoteProtocolError:
-        pass
+
+
+def test_error_keeps_media_that_arrived_before_it() -> None:
+    p = Pair()
+    sid = p.connect_and_publish()
+    p.client.send_media(sid, 9, 0, b"\x17\x01frame1")
+    p.client._send(3, 0, 20, 0, b"\x02\x00\x03bad\xff")  # malformed AMF command
+    p.client.send_media(sid, 9, 33, b"\x27\x01frame2")
+    with pytest.raises(RemoteProtocolError) as info:
+        p.pump()
+    media = [m.payload for m in info.value.partial if isinstance(m, Message)]
+    assert media == [b"\x17\x01frame1"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import struct
 
-from .errors import ChunkError
+from .errors import ChunkError, RemoteProtocolError
 from .messages import MAX_CHUNK_SIZE, Message, parse_abort, parse_set_chunk_size
 
 _U32 = struct.Struct(">I")
@@ -65,6 +65,7 @@ class ChunkReader:
         self.max_message_size = max_message_size
         self._buf = bytearray()
         self._streams: dict[int, _InStream] = {}
+        self.error: RemoteProtocolError | None = None
 
     @property
     def buffered(self) -> int:
@@ -79,8 +80,17 @@ class ChunkReader:
             buf = self._buf
         else:
             buf = data if isinstance(data, (bytes, bytearray)) else bytes(data)
+        if self.error is not None:
+            raise self.error
         out: list[Message] = []
-        pos = self._parse(buf, out)
+        try:
+            pos = self._parse(buf, out)
+        except RemoteProtocolError as err:
+            # Hand out what completed before the bad chunk; the error stays in `error`.
+            self.error = err
+            if not out:
+                raise
+            return out
         if buf is self._buf:
             del self._buf[:pos]
         elif pos < len(buf):

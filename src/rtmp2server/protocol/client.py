@@ -86,7 +86,9 @@ class ClientConnection:
             if t == COMMAND_AMF0:
                 values = amf0.decode_all(msg.payload)
                 items.append(
-                    ClientCommand(str(values[0]), float(values[1]), msg.stream_id, tuple(values[2:]))
+                    ClientCommand(
+                        str(values[0]), float(values[1]), msg.stream_id, tuple(values[2:])
+                    )
                 )
             elif t == MessageType.USER_CONTROL:
                 event, arg, _ = parse_user_control(msg.payload)
@@ -117,7 +119,9 @@ class ClientConnection:
         """Send a command; returns its transaction id."""
         tid = float(self._tid)
         self._tid += 1
-        self._send(3 if stream_id == 0 else 8, 0, COMMAND_AMF0, stream_id, amf0.encode(name, tid, *args))
+        self._send(
+            3 if stream_id == 0 else 8, 0, COMMAND_AMF0, stream_id, amf0.encode(name, tid, *args)
+        )
         return tid
 
     def connect(self, app: str, tc_url: str, **extra: Any) -> float:

@@ -149,7 +149,7 @@ class ServerConnection:
         """Feed bytes from the peer; `b""` means the peer closed. Returns what they complete.
 
         Raises `RemoteProtocolError` (after which the connection is CLOSED) when the bytes
-        break the protocol.
+        break the protocol; its `partial` holds what the same bytes completed before that.
         """
         if not data:
             self.state = State.CLOSED
@@ -157,6 +157,7 @@ class ServerConnection:
         if self.state is State.CLOSED:
             raise LocalProtocolError("receive_data() on a closed connection")
         self.bytes_received += len(data)
+        items: list[ReceivedItem] = []
         try:
             if self.state is State.HANDSHAKE:
                 hs = self._handshake
@@ -170,7 +171,6 @@ class ServerConnection:
                 data = hs.unused_data
                 if not data:
                     return []
-            items: list[ReceivedItem] = []
             for msg in self._reader.feed(data):
                 type_id = msg.type_id
                 if type_id in (VIDEO, AUDIO):
@@ -184,12 +184,15 @@ class ServerConnection:
                     self._on_aggregate(msg, items)
                 else:
                     self._on_control(msg, items)
+            if self._reader.error is not None:
+                raise self._reader.error
             if self._peer_window and self.bytes_received - self._last_ack >= self._peer_window:
                 self._last_ack = self.bytes_received
                 self._send_control(MessageType.ACKNOWLEDGEMENT, u32(self.bytes_received))
             return items
-        except RemoteProtocolError:
+        except RemoteProtocolError as err:
             self.state = State.CLOSED
+            err.partial = items
             raise
 
     # --- output --------------------------------------------------------------------------

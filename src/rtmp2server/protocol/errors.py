@@ -13,13 +13,25 @@ The parsers promise that any byte input either parses or raises `RemoteProtocolE
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ProtocolError(Exception):
     """Base class of every error the protocol core raises on purpose."""
 
 
 class RemoteProtocolError(ProtocolError):
-    """The peer sent bytes that break the protocol."""
+    """The peer sent bytes that break the protocol.
+
+    `partial` holds what the same input completed before the bad bytes (messages and
+    events), so the owner can keep everything that arrived intact before closing.
+    """
+
+    partial: list[Any]
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.partial = []
 
 
 class LocalProtocolError(ProtocolError):

@@ -86,7 +86,14 @@ class Session(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_data = time.monotonic()
         try:
-            items = self.conn.receive_data(data)
+            try:
+                items = self.conn.receive_data(data)
+            except RemoteProtocolError as err:
+                # Keep every complete message that arrived before the bad bytes.
+                self._deliver_media(err.partial)
+                log.warning("peer %s: %s; closing the connection", self.peer, err)
+                self.abort()
+                return
             published = self.published
             for item in items:
                 if type(item) is Message:
@@ -95,15 +102,18 @@ class Session(asyncio.Protocol):
                         stream.deliver(item)
                 else:
                     self._on_event(item)
-        except RemoteProtocolError as err:
-            log.warning("peer %s: %s; closing the connection", self.peer, err)
-            self.abort()
-            return
         except Exception:
             log.exception("peer %s: internal error; closing the connection", self.peer)
             self.abort()
             return
         self.flush()
+
+    def _deliver_media(self, items: list[Any]) -> None:
+        for item in items:
+            if type(item) is Message:
+                stream = self.published.get(item.stream_id)
+                if stream is not None:
+                    stream.deliver(item)
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost follows
