@@ -5,7 +5,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 RTMP2_EXTRAS=test bash scripts/setup.sh
-.venv/bin/ruff check src tests bench gst-plugins
-.venv/bin/ruff format --check src tests bench gst-plugins
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 .venv/bin/mypy
 exec .venv/bin/python -m pytest -n 2 "$@"
