@@ -47,6 +47,10 @@ class Stream:
     data_messages: int = 0
     bytes: int = 0
     ended: bool = False
+    # Flow control towards the publisher, set by its session: a sink that cannot keep up
+    # pauses reading from the publisher's socket (TCP back-pressure) instead of dropping.
+    pause_reading: Callable[[], None] = field(default=lambda: None, repr=False)
+    resume_reading: Callable[[], None] = field(default=lambda: None, repr=False)
 
     @property
     def key(self) -> StreamKey:

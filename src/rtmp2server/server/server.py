@@ -193,6 +193,9 @@ class Session(asyncio.Protocol):
             flash_ver=conn.flash_ver,
             tc_url=conn.tc_url,
         )
+        if self.transport is not None:
+            stream.pause_reading = self.transport.pause_reading
+            stream.resume_reading = self.transport.resume_reading
         registry = self.server.registry
         if not registry.claim(stream):
             log.warning(
