@@ -24,6 +24,8 @@ from .messages import MAX_CHUNK_SIZE, Message, parse_abort, parse_set_chunk_size
 
 _U32 = struct.Struct(">I")
 _STREAM_ID = struct.Struct("<I")
+_TS_LEN_TYPE = struct.Struct(">HBHBB")  # 24-bit timestamp, 24-bit length, type id
+_FIELDS_BY_FMT = (7, 7, 3)
 
 DEFAULT_CHUNK_SIZE = 128
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
@@ -314,32 +316,13 @@ class ChunkWriter:
             last.length = length
             last.stream_id = stream_id
         header = basic_header(fmt, csid)
-        if fmt == 0:
-            header += bytes(
-                (
-                    ts >> 16,
-                    (ts >> 8) & 0xFF,
-                    ts & 0xFF,
-                    length >> 16,
-                    (length >> 8) & 0xFF,
-                    length & 0xFF,
-                    type_id,
-                )
-            ) + _STREAM_ID.pack(stream_id)
-        elif fmt == 1:
-            header += bytes(
-                (
-                    ts >> 16,
-                    (ts >> 8) & 0xFF,
-                    ts & 0xFF,
-                    length >> 16,
-                    (length >> 8) & 0xFF,
-                    length & 0xFF,
-                    type_id,
-                )
-            )
-        elif fmt == 2:
-            header += bytes((ts >> 16, (ts >> 8) & 0xFF, ts & 0xFF))
+        if fmt < 3:
+            # fmt 2 carries the timestamp; fmt 1 adds length and type; fmt 0 the stream id.
+            header += _TS_LEN_TYPE.pack(ts >> 8, ts & 0xFF, length >> 8, length & 0xFF, type_id)[
+                : _FIELDS_BY_FMT[fmt]
+            ]
+            if fmt == 0:
+                header += _STREAM_ID.pack(stream_id)
         ext = _U32.pack(field) if extended else b""
         size = self.chunk_size
         if length <= size:
