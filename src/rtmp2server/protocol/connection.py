@@ -20,7 +20,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
-from . import amf0
+from . import amf0, enhanced
 from .chunk import DEFAULT_MAX_MESSAGE_SIZE, ChunkReader, ChunkWriter
 from .errors import AMFError, LocalProtocolError, RemoteProtocolError
 from .events import (
@@ -111,6 +111,8 @@ class ServerConnection:
         self.flash_ver = ""
         self.object_encoding = 0.0
         self.connect_object: dict[str, Any] = {}
+        # What the client announced of Enhanced RTMP in connect (fourCcList, capsEx, ...).
+        self.capabilities = enhanced.NO_CAPABILITIES
         self.publishing: set[int] = set()
         self.playing: set[int] = set()
         self._next_stream_id = 1
@@ -210,6 +212,19 @@ class ServerConnection:
         self, csid: int, timestamp: int, type_id: int, stream_id: int, payload: bytes
     ) -> None:
         self._out.append(self._writer.write(csid, timestamp, type_id, stream_id, payload))
+
+    def send_raw(self, data: bytes) -> None:
+        """Queue chunks framed elsewhere (a fan-out encodes a message once for many players).
+
+        The caller owns the chunk streams it frames on and must not share them with
+        `send_message`; a type-0 header on every first chunk keeps them self-contained.
+        """
+        self._out.append(data)
+
+    @property
+    def out_chunk_size(self) -> int:
+        """The chunk size this side sends with (announced at connect)."""
+        return self._writer.chunk_size
 
     def send_command(self, stream_id: int, name: str, tid: float, *args: Any) -> None:
         csid = CSID_COMMAND if stream_id == 0 else CSID_STATUS
@@ -432,6 +447,9 @@ class ServerConnection:
             "description": "Connection succeeded.",
             "objectEncoding": self.object_encoding,
         }
+        self.capabilities = enhanced.client_capabilities(self.connect_object)
+        if self.capabilities.enhanced:
+            props.update(enhanced.server_capabilities())
         if self.on_connect is not None:
             props.update(self.on_connect(self.connect_object))
         self.send_command(0, "_result", tid, props, info)
@@ -541,6 +559,14 @@ class ServerConnection:
         self, tid: float, cmd_obj: Any, args: list[Any], sid: int, items: list[ReceivedItem]
     ) -> None:
         pause = bool(args[0]) if args else True
+        if sid in self.playing:
+            # Answered as nginx-rtmp and FMS do for live streams.
+            if pause:
+                self.send_user_control(UserControlEvent.STREAM_EOF, sid)
+                self.send_status(sid, "status", "NetStream.Pause.Notify", "Paused live")
+            else:
+                self.send_user_control(UserControlEvent.STREAM_BEGIN, sid)
+                self.send_status(sid, "status", "NetStream.Unpause.Notify", "Unpaused live")
         items.append(PauseRequest(sid, pause, _num(args, 1, 0.0)))
 
     def _cmd_receive_audio(
