@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from ..protocol.events import PlayRequest, PublishRequest, StreamClosed
 from ..protocol.messages import Message
 from .recorder import Recorder
 from .registry import Stream, StreamRegistry
+from .relay import Relay, RelayConfig
 
 log = logging.getLogger("rtmp2server")
 
@@ -41,6 +42,8 @@ class ServerConfig:
     window_ack_size: int = 5_000_000
     handshake_timeout: float = 10.0
     idle_timeout: float = 30.0  # no bytes from a publisher or a half-open peer for this long
+    # Live playback of every publish (GOP cache, play wait, player bounds); None: no playing.
+    relay: RelayConfig | None = field(default_factory=RelayConfig)
 
 
 PublishHandler = Callable[[Stream], bool]
@@ -257,7 +260,8 @@ class RTMPServer:
     """An RTMP server on one host:port.
 
     `publish_handler` decides about each publish; the default records to
-    `config.record_dir` (when set) and accepts everything.
+    `config.record_dir` (when set) and accepts everything. Unless a `play_handler` is given
+    or `config.relay` is None, a `Relay` plays every publish to whoever asks.
     """
 
     def __init__(
@@ -272,6 +276,10 @@ class RTMPServer:
         self.registry = registry or StreamRegistry()
         self.publish_handler: PublishHandler = publish_handler or self.record_publish
         self.play_handler: PlayHandler | None = play_handler
+        self.relay: Relay | None = None
+        if play_handler is None and self.config.relay is not None:
+            self.relay = Relay(self.registry, self.config.relay)
+            self.play_handler = self.relay.play
         self._server: asyncio.Server | None = None
         self._sessions: set[Session] = set()
 

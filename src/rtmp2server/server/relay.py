@@ -1,0 +1,711 @@
+"""The live relay: players of published streams, a GOP cache, and back-pressure per player.
+
+This module owns everything between a publish and the clients that `play` it. One `Channel`
+per (app, stream name) is attached as a sink to each publish of that name (through the
+registry's `on_start` observers, independently of the publish handler that records or routes
+it). A channel keeps what a player joining mid-stream needs: the last `onMetaData`, the
+decoder configuration of every track (AVC/HEVC/AV1/VP9 sequence headers, AAC/Opus/FLAC
+sequence headers, multichannel configs, video metadata frames), and the messages since the
+last keyframe (the GOP cache, bounded in messages and bytes). A joining player gets them in
+that order, so its first decoded frame is the cached keyframe, then live messages.
+
+Players are fanned out to without slowing anyone down:
+
+- each message is framed into chunks once per distinct (timestamp, message stream id,
+  variant) and the same bytes are queued to every player that shares them; every message
+  starts with a type-0 chunk header, so its bytes do not depend on what a player got before;
+- queued bytes go out in one write per player per event-loop turn;
+- a player whose socket buffer grows past its bound stops receiving until the next keyframe
+  (logged and counted): its memory stays bounded and the publisher and the other players never
+  wait for it.
+
+Timestamps are rebased per player: the first media message it gets is at (about) zero and
+they never go backwards, across an unpublish and a returning publisher too. A player of a
+stream that is not published waits (`NetStream.Play.PublishNotify` when it starts) or gets
+`NetStream.Play.StreamNotFound` after `RelayConfig.play_wait`; when the publisher stops,
+players get `NetStream.Play.UnpublishNotify` and stay for a publisher that comes back.
+
+Players that did not announce Enhanced RTMP multitrack support in `connect` get only the
+default track (track id 0) of multitrack streams, rewritten as ordinary E-RTMP messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..protocol.chunk import ChunkWriter
+from ..protocol.connection import CSID_AUDIO, CSID_DATA, CSID_VIDEO
+from ..protocol.enhanced import (
+    AudioInfo,
+    MediaError,
+    VideoInfo,
+    classify_audio,
+    classify_video,
+    select_track,
+)
+from ..protocol.events import PauseRequest, PlayRequest, ReceiveMedia, StreamClosed
+from ..protocol.messages import AUDIO, DATA_AMF0, VIDEO, Message, UserControlEvent
+from .registry import Stream, StreamKey, StreamRegistry
+
+if TYPE_CHECKING:
+    from .server import Session
+
+log = logging.getLogger(__name__)
+
+_MASK = 0xFFFFFFFF
+_HALF = 0x80000000
+_ON_METADATA = b"\x02\x00\x0aonMetaData"
+_METADATA_KEY = (DATA_AMF0, 0, 0)
+DEFAULT_TRACK = 0
+_UNSET: Any = object()
+
+
+@dataclass
+class RelayConfig:
+    """Bounds and waits of the relay."""
+
+    play_wait: float = 10.0
+    """Seconds a player of an unpublished stream waits before NetStream.Play.StreamNotFound;
+    0 refuses at once, `math.inf` waits forever."""
+    gop_cache: bool = True
+    gop_max_messages: int = 4096
+    """Audio, video and configuration messages the GOP cache holds at most; a longer GOP is
+    not cached (late joiners then wait for the next keyframe)."""
+    gop_max_bytes: int = 32 * 1024 * 1024
+    player_max_buffer: int = 4 * 1024 * 1024
+    """Bytes queued in a player's socket buffer above which it drops to the next keyframe."""
+
+
+def frame_message(
+    csid: int, timestamp: int, type_id: int, stream_id: int, payload: bytes, chunk_size: int
+) -> bytes:
+    """One message as chunks with a type-0 first header: bytes valid whatever came before."""
+    return ChunkWriter(chunk_size).write(csid, timestamp, type_id, stream_id, payload)
+
+
+class _Entry:
+    """A relayed media message and what it means to a player."""
+
+    __slots__ = ("_legacy", "info", "msg")
+
+    def __init__(self, msg: Message, info: VideoInfo | AudioInfo | None) -> None:
+        self.msg = msg
+        self.info = info  # set only for multitrack messages (those need a legacy variant)
+        self._legacy: bytes | None = _UNSET
+
+    def legacy_payload(self) -> bytes | None:
+        """The payload for players without multitrack support (None: nothing for them)."""
+        info = self.info
+        if info is None:
+            return self.msg.payload
+        if self._legacy is _UNSET:
+            self._legacy = select_track(self.msg.payload, info, DEFAULT_TRACK)
+        return self._legacy
+
+
+class Player:
+    """One (session, message stream) playing a channel."""
+
+    __slots__ = (
+        "audio",
+        "audio_frames",
+        "channel",
+        "chunk_size",
+        "conn",
+        "data_messages",
+        "dirty",
+        "dropped",
+        "first_key",
+        "floor",
+        "headers_sent",
+        "joined",
+        "limit",
+        "multitrack",
+        "name",
+        "need_key",
+        "offset",
+        "paused",
+        "session",
+        "sid",
+        "skipping",
+        "skips",
+        "timer",
+        "video",
+        "video_frames",
+    )
+
+    def __init__(self, session: Session, sid: int, name: str, limit: int) -> None:
+        self.session = session
+        self.conn = session.conn
+        self.sid = sid
+        self.name = name
+        self.chunk_size = session.conn.out_chunk_size
+        self.multitrack = session.conn.capabilities.multitrack
+        self.channel: Channel | None = None
+        self.audio = True  # receiveAudio
+        self.video = True  # receiveVideo
+        self.paused = False
+        self.need_key = True  # video (and audio with it) waits for a keyframe
+        self.skipping = False  # fell behind: dropping until a keyframe
+        self.offset: int | None = None  # out timestamp = publisher timestamp - offset
+        self.floor = 0  # the out timestamp the current publish starts at
+        self.limit = limit
+        self.dirty = False
+        self.headers_sent: dict[tuple[int, int, int], Message] = {}
+        self.timer: asyncio.TimerHandle | None = None
+        self.joined = time.monotonic()
+        self.first_key: float | None = None
+        self.video_frames = 0
+        self.audio_frames = 0
+        self.data_messages = 0
+        self.dropped = 0
+        self.skips = 0
+
+    @property
+    def peer(self) -> str:
+        return self.session.peer
+
+    def out_ts(self, ts: int) -> int:
+        """The player's timestamp for publisher timestamp `ts`."""
+        off = self.offset
+        if off is None:
+            self.offset = off = (ts - self.floor) & _MASK
+        out = (ts - off) & _MASK
+        if (out - self.floor) & _MASK >= _HALF:
+            return self.floor  # older than where this player started
+        return out
+
+
+class Channel:
+    """One stream name: its live publish (if any), its caches and its players."""
+
+    def __init__(self, relay: Relay, key: StreamKey) -> None:
+        self.relay = relay
+        self.key = key
+        self.stream: Stream | None = None
+        self.players: list[Player] = []
+        self.headers: dict[tuple[int, int, int], _Entry] = {}
+        self.gop: list[_Entry] = []
+        self.gop_headers: list[_Entry] = []
+        self.gop_bytes = 0
+        self.gop_min_ts = 0
+        self.caching = False
+        self.has_video = False
+        self.max_ts: int | None = None
+        self._dirty: list[Player] = []
+        self._flush_pending = False
+        self._bad_media_logged = False
+
+    def __repr__(self) -> str:
+        return f"<Channel {self.key[0]}/{self.key[1]} players={len(self.players)}>"
+
+    # --- the publish side (Sink) ---------------------------------------------------------
+
+    def attach(self, stream: Stream) -> None:
+        self.stream = stream
+        stream.add_sink(self)
+        for p in self.players:
+            if p.timer is not None:
+                p.timer.cancel()
+                p.timer = None
+            p.conn.send_user_control(UserControlEvent.STREAM_BEGIN, p.sid)
+            p.conn.send_status(
+                p.sid,
+                "status",
+                "NetStream.Play.PublishNotify",
+                f"{p.name} is now published.",
+                details=p.name,
+            )
+            self._restart(p)
+            p.session.flush()
+        if self.players:
+            log.info(
+                "relay %s/%s: publish started, %d waiting player(s) notified",
+                *self.key,
+                len(self.players),
+            )
+
+    def on_end(self, stream: Stream) -> None:
+        if stream is not self.stream:
+            return
+        self.stream = None
+        for p in self.players:
+            if self.max_ts is not None and p.offset is not None:
+                last = (self.max_ts - p.offset) & _MASK
+                if (last - p.floor) & _MASK < _HALF:
+                    p.floor = (last + 1) & _MASK
+            p.offset = None
+            p.conn.send_user_control(UserControlEvent.STREAM_EOF, p.sid)
+            p.conn.send_status(
+                p.sid,
+                "status",
+                "NetStream.Play.UnpublishNotify",
+                f"{p.name} is now unpublished.",
+                details=p.name,
+            )
+            p.session.flush()
+        self.headers = {}
+        self._drop_gop()
+        self.has_video = False
+        self.max_ts = None
+        if self.players:
+            log.info(
+                "relay %s/%s: publish ended, %d player(s) wait for it to return",
+                *self.key,
+                len(self.players),
+            )
+        else:
+            self.relay._forget(self)
+
+    def on_message(self, stream: Stream, msg: Message) -> None:
+        t = msg.type_id
+        ts = msg.timestamp
+        max_ts = self.max_ts
+        if max_ts is None or (ts - max_ts) & _MASK < _HALF:
+            self.max_ts = ts
+        if t == DATA_AMF0:
+            self._on_data(msg)
+            return
+        is_video = t == VIDEO
+        key = False
+        hkeys: list[tuple[int, int, int]] | None = None
+        info: VideoInfo | AudioInfo | None = None
+        try:
+            info = classify_video(msg.payload) if is_video else classify_audio(msg.payload)
+        except MediaError as err:
+            if not self._bad_media_logged:
+                self._bad_media_logged = True
+                log.warning(
+                    "relay %s/%s: %s; relaying such messages as plain frames", *self.key, err
+                )
+        if is_video:
+            self.has_video = True
+        entry = _Entry(msg, None if info is None or info.multitrack is None else info)
+        if info is not None:
+            if info.is_config:
+                hkeys = [(t, track_id, info.packet_type) for track_id in info.track_ids]
+                for hkey in hkeys:
+                    self.headers[hkey] = entry
+            elif info.is_sequence_end:
+                ended = set(info.track_ids)
+                self.headers = {
+                    k: e for k, e in self.headers.items() if k[0] != t or k[1] not in ended
+                }
+            elif type(info) is VideoInfo:
+                key = info.is_keyframe and (
+                    info.multitrack is None or DEFAULT_TRACK in info.track_ids
+                )
+        if self.relay.config.gop_cache:
+            self._cache(entry, key)
+        if self.players:
+            self._fan_out(entry, is_video, key, hkeys)
+
+    def _on_data(self, msg: Message) -> None:
+        metadata = msg.payload.startswith(_ON_METADATA)
+        if metadata:
+            self.headers = {_METADATA_KEY: _Entry(msg, None), **self.headers}
+        for p in self.players:
+            if p.paused or p.offset is None:
+                continue
+            p.conn.send_message(CSID_DATA, p.out_ts(msg.timestamp), DATA_AMF0, p.sid, msg.payload)
+            p.data_messages += 1
+            if metadata:
+                p.headers_sent[_METADATA_KEY] = msg
+            self._mark(p)
+
+    # --- GOP cache -----------------------------------------------------------------------
+
+    def _cache(self, entry: _Entry, key: bool) -> None:
+        if key:
+            self.gop = [entry]
+            self.gop_headers = _unique(self.headers.values())
+            self.gop_bytes = len(entry.msg.payload)
+            self.gop_min_ts = entry.msg.timestamp
+            self.caching = True
+            return
+        if not self.caching:
+            return
+        self.gop.append(entry)
+        self.gop_bytes += len(entry.msg.payload)
+        ts = entry.msg.timestamp
+        if (ts - self.gop_min_ts) & _MASK >= _HALF:
+            self.gop_min_ts = ts
+        cfg = self.relay.config
+        if len(self.gop) > cfg.gop_max_messages or self.gop_bytes > cfg.gop_max_bytes:
+            log.info(
+                "relay %s/%s: GOP of more than %d messages / %d bytes; not cached until the "
+                "next keyframe",
+                *self.key,
+                cfg.gop_max_messages,
+                cfg.gop_max_bytes,
+            )
+            self._drop_gop()
+
+    def _drop_gop(self) -> None:
+        self.gop = []
+        self.gop_headers = []
+        self.gop_bytes = 0
+        self.caching = False
+
+    # --- players -------------------------------------------------------------------------
+
+    def add(self, p: Player) -> None:
+        p.channel = self
+        self.players = [*self.players, p]
+        if self.stream is not None:
+            self._restart(p)
+
+    def remove(self, p: Player) -> None:
+        if p.timer is not None:
+            p.timer.cancel()
+            p.timer = None
+        self.players = [q for q in self.players if q is not p]
+        p.channel = None
+        if not self.players and self.stream is None:
+            self.relay._forget(self)
+
+    def _restart(self, p: Player) -> None:
+        """Start `p` on the live publish: metadata, decoder configuration, cached GOP."""
+        p.offset = None
+        p.skipping = False
+        p.headers_sent = {}
+        if self.gop:
+            self._send_headers(p, self.gop_headers, p.floor)
+            p.offset = (self.gop_min_ts - p.floor) & _MASK
+            for entry in self.gop:
+                self._send_entry(p, entry)
+            p.need_key = False
+            p.first_key = time.monotonic()
+            log.info(
+                "play %s/%s: peer=%s joins from the GOP cache (%d messages, %d bytes)",
+                *self.key,
+                p.peer,
+                len(self.gop),
+                self.gop_bytes,
+            )
+            p.limit = self.relay.config.player_max_buffer + self.gop_bytes
+        else:
+            self._send_headers(p, _unique(self.headers.values()), p.floor)
+            p.need_key = True
+        self._mark(p)
+
+    def _send_headers(self, p: Player, entries: list[_Entry], ts: int) -> None:
+        """Send metadata and decoder configuration at timestamp `ts`."""
+        for entry in sorted(entries, key=_header_order):
+            msg = entry.msg
+            t = msg.type_id
+            if t == DATA_AMF0:
+                p.conn.send_message(CSID_DATA, ts, DATA_AMF0, p.sid, msg.payload)
+                p.data_messages += 1
+                continue
+            payload = msg.payload if p.multitrack else entry.legacy_payload()
+            if payload is not None:
+                csid = CSID_VIDEO if t == VIDEO else CSID_AUDIO
+                p.conn.send_raw(frame_message(csid, ts, t, p.sid, payload, p.chunk_size))
+        for k, entry in self.headers.items():
+            if any(entry is e for e in entries):
+                p.headers_sent[k] = entry.msg
+
+    def _send_entry(self, p: Player, entry: _Entry) -> None:
+        msg = entry.msg
+        t = msg.type_id
+        if (t == VIDEO and not p.video) or (t == AUDIO and not p.audio):
+            return
+        payload = msg.payload if p.multitrack else entry.legacy_payload()
+        if payload is None:
+            return
+        csid = CSID_VIDEO if t == VIDEO else CSID_AUDIO
+        ts = p.out_ts(msg.timestamp)
+        p.conn.send_raw(frame_message(csid, ts, t, p.sid, payload, p.chunk_size))
+        if t == VIDEO:
+            p.video_frames += 1
+        else:
+            p.audio_frames += 1
+
+    def _resume(self, p: Player, ts: int) -> bool:
+        """At a keyframe (publisher timestamp `ts`): may `p` start receiving again? Sends the
+        metadata and configuration it has not got yet."""
+        if p.skipping:
+            transport = p.session.transport
+            size = 0 if transport is None else transport.get_write_buffer_size()
+            if size > p.limit // 2:
+                return False
+            log.info(
+                "play %s/%s: peer=%s caught up (%d bytes queued); resuming at a keyframe "
+                "after %d dropped messages",
+                *self.key,
+                p.peer,
+                size,
+                p.dropped,
+            )
+            p.skipping = False
+            p.limit = self.relay.config.player_max_buffer
+        p.need_key = False
+        stale = [e for k, e in self.headers.items() if p.headers_sent.get(k) is not e.msg]
+        if stale:
+            self._send_headers(p, _unique(stale), p.out_ts(ts))
+        if p.first_key is None:
+            p.first_key = time.monotonic()
+            log.info(
+                "play %s/%s: peer=%s first keyframe %.0f ms after play",
+                *self.key,
+                p.peer,
+                (p.first_key - p.joined) * 1000,
+            )
+        return True
+
+    def _fan_out(
+        self, entry: _Entry, is_video: bool, key: bool, hkeys: list[tuple[int, int, int]] | None
+    ) -> None:
+        msg = entry.msg
+        t = msg.type_id
+        ts = msg.timestamp
+        csid = CSID_VIDEO if is_video else CSID_AUDIO
+        has_video = self.has_video
+        memo: dict[tuple[int, int, bool, int], bytes | None] = {}
+        dirty = self._dirty
+        for p in self.players:
+            if p.paused:
+                continue
+            if is_video:
+                if not p.video:
+                    continue
+                if p.need_key and (not key or not self._resume(p, ts)):
+                    p.dropped += p.skipping
+                    continue
+            else:
+                if not p.audio:
+                    continue
+                if p.need_key and ((has_video and p.video) or not self._resume(p, ts)):
+                    p.dropped += p.skipping
+                    continue
+            legacy = entry.info is not None and not p.multitrack
+            out = p.out_ts(ts)
+            mkey = (out, p.sid, legacy, p.chunk_size)
+            data = memo.get(mkey, _UNSET)
+            if data is _UNSET:
+                payload = entry.legacy_payload() if legacy else msg.payload
+                data = memo[mkey] = (
+                    None
+                    if payload is None
+                    else frame_message(csid, out, t, p.sid, payload, p.chunk_size)
+                )
+            if data is None:
+                continue
+            p.conn.send_raw(data)
+            if is_video:
+                p.video_frames += 1
+            else:
+                p.audio_frames += 1
+            if hkeys is not None:
+                for hkey in hkeys:
+                    p.headers_sent[hkey] = msg
+            if not p.dirty:
+                p.dirty = True
+                dirty.append(p)
+        if dirty and not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _mark(self, p: Player) -> None:
+        if not p.dirty:
+            p.dirty = True
+            self._dirty.append(p)
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Write what each player got this loop turn; start skipping for those behind."""
+        self._flush_pending = False
+        dirty = self._dirty
+        self._dirty = []
+        for p in dirty:
+            p.dirty = False
+            session = p.session
+            if session.closed:
+                continue
+            session.flush()
+            transport = session.transport
+            if transport is None or p.skipping:
+                continue
+            size = transport.get_write_buffer_size()
+            base = self.relay.config.player_max_buffer
+            if p.limit > base and size <= base:
+                p.limit = base  # the join burst has drained
+            if size > p.limit:
+                p.skipping = True
+                p.need_key = True
+                p.skips += 1
+                log.warning(
+                    "play %s/%s: peer=%s is %d bytes behind (bound %d); dropping until a "
+                    "keyframe (skip #%d)",
+                    *self.key,
+                    p.peer,
+                    size,
+                    p.limit,
+                    p.skips,
+                )
+
+
+def _header_order(entry: _Entry) -> int:
+    """Metadata first, then video configuration, then audio (the order of FLV files)."""
+    return {DATA_AMF0: 0, VIDEO: 1}.get(entry.msg.type_id, 2)
+
+
+def _unique(entries: Iterable[_Entry]) -> list[_Entry]:
+    out: list[_Entry] = []
+    for e in entries:
+        if not any(e is o for o in out):
+            out.append(e)
+    return out
+
+
+class Relay:
+    """Plays every publish of a registry to whoever asks, as `RTMPServer.play_handler`."""
+
+    def __init__(self, registry: StreamRegistry, config: RelayConfig | None = None) -> None:
+        self.registry = registry
+        self.config = config or RelayConfig()
+        self.channels: dict[StreamKey, Channel] = {}
+        self._players: dict[Session, dict[int, Player]] = {}
+        registry.on_start.append(self._on_start)
+        for stream in registry:
+            self._on_start(stream)
+
+    def players(self) -> list[Player]:
+        return [p for ch in self.channels.values() for p in ch.players]
+
+    def channel(self, app: str, name: str) -> Channel | None:
+        return self.channels.get((app, name))
+
+    # --- registry ------------------------------------------------------------------------
+
+    def _on_start(self, stream: Stream) -> None:
+        channel = self.channels.get(stream.key)
+        if channel is None:
+            channel = self.channels[stream.key] = Channel(self, stream.key)
+        channel.attach(stream)
+
+    def _forget(self, channel: Channel) -> None:
+        if self.channels.get(channel.key) is channel:
+            del self.channels[channel.key]
+
+    # --- sessions ------------------------------------------------------------------------
+
+    def play(self, session: Session, req: PlayRequest) -> None:
+        """Answer `play`: join the live stream, or wait for it."""
+        conn = session.conn
+        key = (conn.app, req.name)
+        players = self._players.get(session)
+        if players is None:
+            players = self._players[session] = {}
+            session.on_close.append(self._on_close)
+            session.on_event.append(self._on_event)
+        old = players.pop(req.stream_id, None)
+        if old is not None:
+            self._stop(old, "play again")
+        channel = self.channels.get(key)
+        live = channel is not None and channel.stream is not None
+        wait = self.config.play_wait
+        if not live and wait <= 0:
+            conn.reject_play(req, f"{req.name} is not published.")
+            log.info("play %s/%s: peer=%s refused: not published", *key, session.peer)
+            return
+        conn.accept_play(req)
+        p = Player(session, req.stream_id, req.name, self.config.player_max_buffer)
+        players[req.stream_id] = p
+        if channel is None:
+            channel = self.channels[key] = Channel(self, key)
+        log.info(
+            "play start: peer=%s app=%s stream=%s%s multitrack=%s",
+            session.peer,
+            key[0],
+            key[1],
+            "" if live else " (waiting for a publisher)",
+            p.multitrack,
+        )
+        channel.add(p)
+        if not live and math.isfinite(wait):
+            p.timer = asyncio.get_running_loop().call_later(wait, self._not_found, p)
+
+    def _not_found(self, p: Player) -> None:
+        p.timer = None
+        channel = p.channel
+        if channel is None or channel.stream is not None:
+            return
+        players = self._players.get(p.session)
+        if players is not None and players.get(p.sid) is p:
+            del players[p.sid]
+        channel.remove(p)
+        p.conn.playing.discard(p.sid)
+        p.conn.send_status(
+            p.sid,
+            "error",
+            "NetStream.Play.StreamNotFound",
+            f"{p.name} was not published within {self.config.play_wait:g} s.",
+            details=p.name,
+        )
+        p.session.flush()
+        log.info(
+            "play %s/%s: peer=%s stream not found after %g s",
+            *channel.key,
+            p.peer,
+            self.config.play_wait,
+        )
+
+    def _on_event(self, session: Session, event: Any) -> None:
+        players = self._players.get(session)
+        if not players:
+            return
+        kind = type(event)
+        if kind is StreamClosed:
+            p = players.pop(event.stream_id, None)
+            if p is not None:
+                self._stop(p, event.command)
+        elif kind is PauseRequest:
+            p = players.get(event.stream_id)
+            if p is not None:
+                p.paused = event.pause
+                if not event.pause:
+                    p.need_key = True
+        elif kind is ReceiveMedia:
+            p = players.get(event.stream_id)
+            if p is not None:
+                if event.kind == "audio":
+                    p.audio = event.enabled
+                else:
+                    if event.enabled and not p.video:
+                        p.need_key = True
+                    p.video = event.enabled
+
+    def _on_close(self, session: Session) -> None:
+        players = self._players.pop(session, None)
+        for p in (players or {}).values():
+            self._stop(p, "disconnected")
+
+    def _stop(self, p: Player, why: str) -> None:
+        channel = p.channel
+        key = channel.key if channel is not None else ("?", p.name)
+        if channel is not None:
+            channel.remove(p)
+        log.info(
+            "play stop: peer=%s app=%s stream=%s duration=%.2fs video=%d audio=%d data=%d "
+            "dropped=%d skips=%d (%s)",
+            p.peer,
+            key[0],
+            key[1],
+            time.monotonic() - p.joined,
+            p.video_frames,
+            p.audio_frames,
+            p.data_messages,
+            p.dropped,
+            p.skips,
+            why,
+        )

@@ -1,0 +1,518 @@
+"""The live relay in-process: sans-IO clients over loopback publish and play.
+
+Every byte a player gets is checked against what the publisher sent: the join point (GOP
+cache), timestamps rebased to zero and monotonic, waiting for a publisher, StreamNotFound,
+unpublish and a returning publisher, pause, receiveVideo, back-pressure from a player that
+never reads, and multitrack filtering for players without Enhanced RTMP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rtmp2server.protocol import amf0, enhanced, flv
+from rtmp2server.protocol.client import ClientCommand, ClientConnection
+from rtmp2server.protocol.handshake import ClientHandshake
+from rtmp2server.protocol.messages import AUDIO, DATA_AMF0, VIDEO, Message
+from rtmp2server.server import RTMPServer, ServerConfig
+from rtmp2server.server.relay import RelayConfig
+
+Media = list[tuple[int, int, bytes]]  # (type, timestamp, payload)
+
+AVC_SEQ = b"\x17\x00\x00\x00\x00\x01\x64\x00\x1f\xff\xe1avcC"
+AAC_SEQ = b"\xaf\x00\x12\x10"
+SAMPLE_ACCESS = amf0.encode("|RtmpSampleAccess")
+METADATA = {"videocodecid": 7.0, "audiocodecid": 10.0, "width": 64.0, "height": 64.0}
+
+
+def run(coro: Awaitable[Any], timeout: float = 30) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, timeout))  # type: ignore[arg-type]
+
+
+def av_frames(n: int, gop: int = 30, start: int = 0, size: int = 3000) -> Media:
+    """Video at 30 fps (a keyframe every `gop` frames) interleaved with audio at ~43 fps."""
+    out: Media = []
+    for i in range(start, start + n):
+        key = i % gop == 0
+        out.append(
+            (VIDEO, i * 33, (b"\x17" if key else b"\x27") + b"\x01\x00\x00\x00" + os.urandom(size))
+        )
+        out.append((AUDIO, i * 33 + 10, b"\xaf\x01" + os.urandom(200)))
+    return out
+
+
+def is_key(t: int, payload: bytes) -> bool:
+    return t == VIDEO and enhanced.classify_video(payload).is_keyframe
+
+
+class Peer:
+    """The sans-IO client on an asyncio stream, recording everything that arrives."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, **connect: Any):
+        self.reader = reader
+        self.writer = writer
+        self.conn = ClientConnection()
+        self.items: list[Any] = []
+        self.media: list[tuple[float, Message]] = []  # (arrival time, message) of types 8/9/18
+        self.statuses: list[str] = []
+        self.connect_extra = connect
+        self.sid = 0
+        self._reader_task: asyncio.Task[None] | None = None
+        self.closed = asyncio.Event()
+
+    @classmethod
+    async def open(cls, port: int, **connect: Any) -> Peer:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        return cls(r, w, **connect)
+
+    async def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.writer.write(data)
+            await self.writer.drain()
+
+    def _take(self, items: list[Any]) -> None:
+        now = time.monotonic()
+        for item in items:
+            if isinstance(item, Message) and item.type_id in (AUDIO, VIDEO, DATA_AMF0):
+                if not item.payload.startswith(SAMPLE_ACCESS):
+                    self.media.append((now, item))
+            else:
+                if isinstance(item, ClientCommand) and item.name == "onStatus":
+                    self.statuses.append(str(item.info.get("code")))
+                self.items.append(item)
+
+    async def _pump(self) -> None:
+        try:
+            while True:
+                data = await self.reader.read(65536)
+                if not data:
+                    break
+                self._take(self.conn.receive_data(data))
+                await self.flush()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self.closed.set()
+
+    def start(self) -> None:
+        self._reader_task = asyncio.get_running_loop().create_task(self._pump())
+
+    async def wait(self, pred: Callable[[], bool], timeout: float = 10.0) -> None:
+        await self.flush()
+        deadline = time.monotonic() + timeout
+        while not pred():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out; statuses {self.statuses}")
+            if self.closed.is_set() and not pred():
+                raise ConnectionError(f"closed; statuses {self.statuses}")
+            await asyncio.sleep(0.005)
+
+    async def command(self, name: str) -> ClientCommand:
+        found: list[ClientCommand] = []
+
+        def pred() -> bool:
+            for item in self.items:
+                if isinstance(item, ClientCommand) and item.name == name:
+                    self.items.remove(item)
+                    found.append(item)
+                    return True
+            return False
+
+        await self.wait(pred)
+        return found[0]
+
+    async def status(self, code: str, timeout: float = 10.0) -> None:
+        await self.wait(lambda: code in self.statuses, timeout)
+
+    async def connect(self, app: str = "live") -> ClientCommand:
+        self.start()
+        self.conn.connect(app, f"rtmp://127.0.0.1/{app}", **self.connect_extra)
+        result = await self.command("_result")
+        self.conn.create_stream()
+        self.sid = int((await self.command("_result")).args[1])
+        return result
+
+    async def publish(self, name: str, app: str = "live") -> None:
+        await self.connect(app)
+        self.conn.publish(self.sid, name)
+        await self.status("NetStream.Publish.Start")
+
+    async def play(self, name: str, app: str = "live") -> None:
+        await self.connect(app)
+        self.conn.play(self.sid, name)
+        await self.flush()
+
+    async def send(self, media: Media, metadata: dict[str, Any] | None = None) -> None:
+        if metadata is not None:
+            self.conn.send_metadata(self.sid, metadata)
+        for t, ts, payload in media:
+            self.conn.send_media(self.sid, t, ts, payload)
+        await self.flush()
+
+    def av(self) -> list[Message]:
+        return [m for _, m in self.media if m.type_id in (AUDIO, VIDEO)]
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.writer.wait_closed()
+        if self._reader_task is not None:
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
+                await asyncio.wait_for(self._reader_task, 2)
+
+
+def server(tmp_path: Path | None = None, **relay: Any) -> RTMPServer:
+    cfg = ServerConfig(host="127.0.0.1", port=0, record_dir=tmp_path, relay=RelayConfig(**relay))
+    return RTMPServer(cfg)
+
+
+def check_stream(received: list[Message], sent: Media) -> None:
+    """`received` (after config) is `sent` from some keyframe on, bit-exact, with timestamps
+    rebased to start at 0 and monotonic per kind."""
+    frames = [m for m in received if not _is_config(m.type_id, m.payload)]
+    assert frames, "no frames"
+    first = frames[0]
+    assert is_key(first.type_id, first.payload), "the first frame is not a keyframe"
+    assert first.timestamp == 0 or min(m.timestamp for m in frames) == 0
+    start = next(i for i, (t, _, p) in enumerate(sent) if p == first.payload)
+    expect = sent[start:]
+    assert [(m.type_id, m.payload) for m in frames] == [(t, p) for t, _, p in expect]
+    base = min(ts for _, ts, _ in expect)
+    assert [m.timestamp for m in frames] == [ts - base for _, ts, _ in expect]
+
+
+def _is_config(t: int, payload: bytes) -> bool:
+    if t == VIDEO:
+        return enhanced.classify_video(payload).is_config
+    if t == AUDIO:
+        return enhanced.classify_audio(payload).is_config
+    return True
+
+
+# --- tests ----------------------------------------------------------------------------------
+
+
+def test_late_joiner_gets_metadata_headers_and_the_cached_gop(tmp_path: Path) -> None:
+    first = av_frames(45)  # GOPs at frames 0 and 30: the cache holds 30..44
+    rest = av_frames(40, start=45)
+
+    async def main() -> None:
+        async with server(tmp_path) as s:
+            pub = await Peer.open(s.port)
+            await pub.publish("cam")
+            await pub.send([(VIDEO, 0, AVC_SEQ), (AUDIO, 0, AAC_SEQ), *first], METADATA)
+            await asyncio.sleep(0.05)
+            player = await Peer.open(s.port)
+            t0 = time.monotonic()
+            await player.play("cam")
+            await player.status("NetStream.Play.Start")
+            await player.wait(lambda: len(player.av()) >= 2 + 2 * 15)
+            took = (time.monotonic() - t0) * 1000
+            print(f"late joiner: play -> GOP cache delivered in {took:.1f} ms")
+            await pub.send(rest)
+            await player.wait(lambda: len(player.av()) >= 2 + 2 * 55)
+            await pub.close()
+            await player.status("NetStream.Play.UnpublishNotify")
+            await player.close()
+
+            kinds = [m.type_id for _, m in player.media]
+            assert kinds[0] == DATA_AMF0
+            assert amf0.decode_all(player.media[0][1].payload)[0] == "onMetaData"
+            av = player.av()
+            assert [m.payload for m in av[:2]] == [AVC_SEQ, AAC_SEQ]
+            assert [m.timestamp for m in av[:2]] == [0, 0]
+            check_stream(av[2:], first + rest)
+            assert av[2].payload == first[60][2]  # the keyframe of frame 30
+            statuses = player.statuses
+            assert statuses[:2] == ["NetStream.Play.Reset", "NetStream.Play.Start"]
+
+    run(main())
+
+
+def test_player_waits_for_publisher_and_starts_at_a_keyframe() -> None:
+    media = av_frames(70)
+
+    async def main() -> None:
+        async with server(play_wait=5.0) as s:
+            player = await Peer.open(s.port)
+            await player.play("later")
+            await player.status("NetStream.Play.Start")
+            await asyncio.sleep(0.1)
+            pub = await Peer.open(s.port)
+            await pub.publish("later")
+            await player.status("NetStream.Play.PublishNotify")
+            # Frames before the sequence headers and the first keyframe: a mid-GOP start.
+            await pub.send(media[10:20])
+            await pub.send([(VIDEO, 330, AVC_SEQ), (AUDIO, 330, AAC_SEQ)], METADATA)
+            await pub.send(media[20:])
+            await player.wait(lambda: len(player.av()) >= 2 + 2 * 40)
+            await pub.close()
+            await player.status("NetStream.Play.UnpublishNotify")
+            await player.close()
+            assert player.media[0][1].type_id == DATA_AMF0
+            av = player.av()
+            assert [m.payload for m in av[:2]] == [AVC_SEQ, AAC_SEQ]
+            check_stream(av[2:], media[20:])
+            assert av[2].payload == media[60][2]  # the first keyframe (frame 30)
+            assert len(av[2:]) == 80
+
+    run(main())
+
+
+def test_stream_not_found_after_the_wait_and_at_once_with_zero_wait() -> None:
+    async def main() -> None:
+        async with server(play_wait=0.3) as s:
+            player = await Peer.open(s.port)
+            t0 = time.monotonic()
+            await player.play("nobody")
+            await player.status("NetStream.Play.StreamNotFound", timeout=5)
+            assert time.monotonic() - t0 >= 0.25
+            assert player.statuses[:2] == ["NetStream.Play.Reset", "NetStream.Play.Start"]
+            await player.close()
+        async with server(play_wait=0) as s:
+            player = await Peer.open(s.port)
+            await player.play("nobody")
+            await player.status("NetStream.Play.StreamNotFound", timeout=5)
+            assert player.statuses == ["NetStream.Play.StreamNotFound"]
+            await player.close()
+            assert not s.relay or not s.relay.channels
+
+    run(main())
+
+
+def test_unpublish_then_a_returning_publisher_resumes_players_monotonic() -> None:
+    one = av_frames(40)
+    two = av_frames(40)  # the new publisher starts again at timestamp 0
+
+    async def main() -> None:
+        async with server() as s:
+            pub = await Peer.open(s.port)
+            await pub.publish("again")
+            await pub.send([(VIDEO, 0, AVC_SEQ), (AUDIO, 0, AAC_SEQ), *one], METADATA)
+            player = await Peer.open(s.port)
+            await player.play("again")
+            await player.wait(lambda: len(player.av()) >= 2 + 2 * 10)
+            n1 = len(player.media)
+            await pub.close()
+            await player.status("NetStream.Play.UnpublishNotify")
+            pub2 = await Peer.open(s.port)
+            await pub2.publish("again")
+            await player.status("NetStream.Play.PublishNotify")
+            await pub2.send([(VIDEO, 0, AVC_SEQ), (AUDIO, 0, AAC_SEQ), *two], METADATA)
+            await player.wait(lambda: len(player.av()) >= 4 + 2 * 50)
+            await pub2.close()
+            await player.wait(lambda: player.statuses.count("NetStream.Play.UnpublishNotify") == 2)
+            await player.close()
+            before = [m for _, m in player.media[:n1] if m.type_id in (AUDIO, VIDEO)]
+            after = [m for _, m in player.media[n1:] if m.type_id in (AUDIO, VIDEO)]
+            for kind in (AUDIO, VIDEO):
+                ts = [m.timestamp for m in before + after if m.type_id == kind]
+                assert ts == sorted(ts), f"type {kind} timestamps go back"
+            assert [m.payload for m in after[:2]] == [AVC_SEQ, AAC_SEQ]
+            assert after[2].payload == two[0][2]
+            last_before = max(m.timestamp for m in before)
+            assert after[2].timestamp > last_before
+            codes = player.statuses
+            assert codes.count("NetStream.Play.PublishNotify") == 1
+            assert codes.count("NetStream.Play.UnpublishNotify") == 2
+
+    run(main())
+
+
+def test_pause_and_receive_video() -> None:
+    media = av_frames(120)
+
+    async def main() -> None:
+        async with server() as s:
+            pub = await Peer.open(s.port)
+            await pub.publish("p")
+            await pub.send([(VIDEO, 0, AVC_SEQ), (AUDIO, 0, AAC_SEQ), *media[:20]])
+            player = await Peer.open(s.port)
+            await player.play("p")
+            await player.wait(lambda: len(player.av()) >= 22)
+            player.conn.call("pause", None, True, 0.0, stream_id=player.sid)
+            await player.status("NetStream.Pause.Notify")
+            n = len(player.av())
+            await pub.send(media[20:40])
+            await asyncio.sleep(0.1)
+            assert len(player.av()) == n
+            player.conn.call("pause", None, False, 0.0, stream_id=player.sid)
+            await player.status("NetStream.Unpause.Notify")
+            await pub.send(media[40:160])  # frames 20..79, keyframes at 30 and 60
+            await player.wait(lambda: len(player.av()) >= n + 100)
+            resumed = player.av()[n:]
+            assert resumed[0].payload == media[60][2]  # video frame 30, a keyframe
+            assert [m.payload for m in resumed] == [p for _, _, p in media[60:160]]
+            player.conn.call("receiveVideo", None, False, stream_id=player.sid)
+            await player.flush()
+            await asyncio.sleep(0.1)
+            m = len(player.av())
+            await pub.send(media[160:200])
+            await player.wait(lambda: len(player.av()) >= m + 20)
+            assert {x.type_id for x in player.av()[m:]} == {AUDIO}
+            await pub.close()
+            await player.close()
+
+    run(main())
+
+
+def test_connect_capability_negotiation() -> None:
+    async def main() -> None:
+        async with server() as s:
+            legacy = await Peer.open(s.port)
+            result = await legacy.connect()
+            assert "capsEx" not in result.args[0]
+            modern = await Peer.open(
+                s.port,
+                fourCcList=["av01", "hvc1", "vp09", "Opus"],
+                videoFourCcInfoMap={"hvc1": 1.0},
+                capsEx=2.0,
+            )
+            result = await modern.connect()
+            props = result.args[0]
+            assert props["capsEx"] == float(enhanced.CapsEx.MULTITRACK | enhanced.CapsEx.MOD_EX)
+            assert props["videoFourCcInfoMap"]["*"] == 4.0
+            assert props["audioFourCcInfoMap"]["Opus"] == 4.0
+            sessions = sorted(s.sessions, key=lambda x: x.conn.capabilities.enhanced)
+            caps = sessions[1].conn.capabilities
+            assert caps.fourcc_list == ("av01", "hvc1", "vp09", "Opus")
+            assert caps.multitrack and caps.supports("hvc1") and not caps.supports("vp08")
+            assert not sessions[0].conn.capabilities.enhanced
+            await legacy.close()
+            await modern.close()
+
+    run(main())
+
+
+def multitrack_frames(n: int) -> Media:
+    """HEVC on track 0 (plain E-RTMP) and AV1 on track 1 (multitrack OneTrack), as ffmpeg."""
+    hvc_seq = b"\x90hvc1" + b"hvcC-config"
+    av1_seq = b"\x96\x00av01\x01" + b"av1C-config"
+    out: Media = [(VIDEO, 0, hvc_seq), (VIDEO, 0, av1_seq)]
+    for i in range(n):
+        ft = 0x10 if i % 30 == 0 else 0x20
+        out.append((VIDEO, i * 33, bytes((0x80 | ft | 1,)) + b"hvc1\x00\x00\x00" + os.urandom(500)))
+        out.append((VIDEO, i * 33, bytes((0x80 | ft | 6, 0x01)) + b"av01\x01" + os.urandom(400)))
+    return out
+
+
+def test_multitrack_only_default_track_for_legacy_players() -> None:
+    media = multitrack_frames(40)
+
+    async def main() -> None:
+        async with server() as s:
+            pub = await Peer.open(s.port)
+            await pub.publish("mt")
+            await pub.send(media[:20])
+            legacy = await Peer.open(s.port)
+            await legacy.play("mt")
+            modern = await Peer.open(s.port, fourCcList=["*"], capsEx=2.0)
+            await modern.play("mt")
+            await pub.send(media[20:])
+            await modern.wait(lambda: len(modern.av()) >= 2 + 2 * 40)
+            await legacy.wait(lambda: len(legacy.av()) >= 1 + 40)
+            await asyncio.sleep(0.05)
+            await pub.close()
+            for p in (legacy, modern):
+                await p.close()
+            # Both joined from the GOP cache (keyframe at frame 0).
+            assert [m.payload for m in modern.av()] == [p for _, _, p in media]
+            got = legacy.av()
+            assert all(enhanced.classify_video(m.payload).multitrack is None for m in got)
+            assert {enhanced.classify_video(m.payload).codec for m in got} == {"hvc1"}
+            assert [m.payload for m in got] == [p for t, _, p in media if p[:1] in b"\x90\x91\xa1"]
+
+    run(main())
+
+
+class Stalled:
+    """A player that completes the handshake, connects, plays, then never reads again."""
+
+    def __init__(self, port: int, name: str) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.settimeout(5)
+        self.sock.connect(("127.0.0.1", port))
+        hs = ClientHandshake()
+        self.sock.sendall(hs.initial_data())
+        while not hs.done:
+            hs.receive_data(self.sock.recv(65536))
+            out = hs.data_to_send()
+            if out:
+                self.sock.sendall(out)
+        conn = ClientConnection()
+        conn.handshake_done = True  # the handshake above replaces its own
+        conn._out.clear()
+        conn.connect("live", "rtmp://127.0.0.1/live")
+        conn.create_stream()
+        conn.play(1, name)
+        self.sock.sendall(conn.data_to_send())
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_stalled_player_is_bounded_and_others_and_recording_stay_complete(tmp_path: Path) -> None:
+    media = av_frames(300, size=20000)  # ~6 MB of video, 10 s at 30 fps
+    bound = 256 * 1024
+
+    async def main() -> None:
+        async with server(tmp_path, player_max_buffer=bound) as s:
+            pub = await Peer.open(s.port)
+            await pub.publish("crowd")
+            await pub.send([(VIDEO, 0, AVC_SEQ), (AUDIO, 0, AAC_SEQ)], METADATA)
+            stalled = await asyncio.to_thread(Stalled, s.port, "crowd")
+            players = [await Peer.open(s.port) for _ in range(19)]
+            for p in players:
+                await p.play("crowd")
+            assert s.relay is not None
+            await players[0].wait(lambda: len(s.relay.players()) == 20)
+            peak = 0
+            for i in range(0, len(media), 20):
+                await pub.send(media[i : i + 20])
+                await asyncio.sleep(0.01)
+                for session in s.sessions:
+                    if session.transport is not None:
+                        peak = max(peak, session.transport.get_write_buffer_size())
+            for p in players:
+                await p.wait(lambda p=p: len(p.av()) >= 2 + len(media), timeout=20)
+            (slow,) = [p for p in s.relay.players() if p.skips]
+            print(
+                f"stalled player: skips={slow.skips} dropped={slow.dropped} "
+                f"peak queued={peak} bytes (bound {bound})"
+            )
+            await pub.close()
+            for p in players:
+                await p.close()
+            stalled.close()
+            assert slow.dropped > 0
+            assert peak < bound + 2 * 20 * 20300  # the bound plus one publisher read
+            for p in players:
+                check_stream(p.av()[2:], media)
+
+    run(main(), timeout=60)
+    (path,) = (tmp_path / "live").glob("crowd-*.flv")
+    _, tags = flv.read_flv(path.read_bytes())
+    assert [(t.tag_type, t.body) for t in tags if t.tag_type != 18][2:] == [
+        (t, p) for t, _, p in media
+    ]
+
+
+def test_play_wait_forever_config() -> None:
+    cfg = RelayConfig(play_wait=math.inf)
+    assert not math.isfinite(cfg.play_wait)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    pytest.main([__file__, "-q"])
