@@ -528,7 +528,8 @@ class ClientCapabilities:
         """The client said it can decode or forward `fourcc` (or any codec, "*")."""
         if "*" in self.fourcc_list or fourcc in self.fourcc_list:
             return True
-        for name, flags in (*self.video_fourcc_info, *self.audio_fourcc_info):
+        info = self.audio_fourcc_info if fourcc in AUDIO_FOURCCS else self.video_fourcc_info
+        for name, flags in info:
             if (name == "*" or name == fourcc) and flags & (
                 FourCcInfo.CAN_DECODE | FourCcInfo.CAN_FORWARD
             ):
