@@ -1,4 +1,4 @@
-"""The `rtmp2-server` command: a standalone RTMP server that records every stream."""
+"""The `rtmp2-server` command: a standalone RTMP server that records and relays every stream."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from .server import RTMPServer, ServerConfig
+from .server.relay import RelayConfig
 
 log = logging.getLogger("rtmp2server")
 
@@ -18,8 +19,9 @@ log = logging.getLogger("rtmp2server")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rtmp2-server",
-        description="RTMP server: accepts publishes from OBS, ffmpeg, GStreamer, librtmp "
-        "and records each to <record-dir>/<app>/<stream>-<UTC time>.flv.",
+        description="RTMP server: accepts publishes from OBS, ffmpeg, GStreamer, librtmp, "
+        "records each to <record-dir>/<app>/<stream>-<UTC time>.flv and plays it live to "
+        "whoever asks for rtmp://HOST/<app>/<stream>.",
     )
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=1935, help="TCP port (default 1935)")
@@ -43,6 +45,36 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="close a publisher that sends nothing for this many seconds (0: never)",
     )
+    relay = RelayConfig()
+    p.add_argument("--no-play", action="store_true", help="refuse play requests (no relay)")
+    p.add_argument(
+        "--play-wait",
+        type=float,
+        default=relay.play_wait,
+        help="seconds a player of a stream not published yet waits before "
+        "NetStream.Play.StreamNotFound; 0 refuses at once, inf waits forever "
+        f"(default {relay.play_wait:g})",
+    )
+    p.add_argument(
+        "--gop-cache-messages",
+        type=int,
+        default=relay.gop_max_messages,
+        help="largest GOP (audio+video messages from the last keyframe) kept for late joiners; "
+        f"0 disables the cache (default {relay.gop_max_messages})",
+    )
+    p.add_argument(
+        "--gop-cache-bytes",
+        type=int,
+        default=relay.gop_max_bytes,
+        help=f"largest GOP kept for late joiners, in bytes (default {relay.gop_max_bytes})",
+    )
+    p.add_argument(
+        "--player-buffer",
+        type=int,
+        default=relay.player_max_buffer,
+        help="bytes queued for a player above which it skips to the next keyframe "
+        f"(default {relay.player_max_buffer})",
+    )
     p.add_argument(
         "--log-level",
         default="info",
@@ -61,6 +93,15 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         chunk_size=args.chunk_size,
         max_message_size=args.max_message_size,
         idle_timeout=args.idle_timeout,
+        relay=None
+        if args.no_play
+        else RelayConfig(
+            play_wait=args.play_wait,
+            gop_cache=args.gop_cache_messages > 0,
+            gop_max_messages=args.gop_cache_messages,
+            gop_max_bytes=args.gop_cache_bytes,
+            player_max_buffer=args.player_buffer,
+        ),
     )
 
 
