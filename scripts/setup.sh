@@ -37,3 +37,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
     touch "$stamp"
 fi
+
+# rtmp2serversrc for gst-launch-1.0/gst-inspect-1.0: GStreamer's Python plugin loader (1.22) also
+# scans ~/.gstreamer-1.0/plugins/python, so link the element's loader shim there. Without this,
+# GST_PLUGIN_PATH="$here/gst-plugins" does the same.
+gst_python_dir="$HOME/.gstreamer-1.0/plugins/python"
+mkdir -p "$gst_python_dir"
+ln -sfn "$here/gst-plugins/python/rtmp2serversrc.py" "$gst_python_dir/rtmp2serversrc.py"
