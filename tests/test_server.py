@@ -293,3 +293,23 @@ def test_recordings_never_overwrite(tmp_path: Path) -> None:
 
     run(main())
     assert len(list((tmp_path / "live").glob("again-*.flv"))) == 3
+
+
+def test_repeated_metadata_recorded_once(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with RTMPServer(ServerConfig(host="127.0.0.1", port=0, record_dir=tmp_path)) as s:
+            c = await AsyncClient.open(s.port)
+            sid, _ = await c.publish("meta")
+            for i in range(3):
+                c.conn.send_metadata(sid, {"duration": float(i)})
+                c.conn.send_media(sid, 9, i * 1000, b"\x17\x01frame")
+            c.conn.send_media(sid, 18, 3000, amf0.encode("onCuePoint", {"name": "x"}))
+            await c.flush()
+            await c.close()
+            await wait_for(lambda: len(s.registry) == 0)
+
+    run(main())
+    tags = recording(tmp_path, "live", "meta")
+    assert [t.tag_type for t in tags] == [18, 9, 9, 9, 18]
+    assert amf0.decode_all(tags[0].body)[1]["duration"] == 0.0
+    assert amf0.decode_all(tags[-1].body)[0] == "onCuePoint"

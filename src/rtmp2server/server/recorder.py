@@ -2,8 +2,9 @@
 
 The recorder is a `Sink`. It opens its file at the first message (so the name carries the
 time the media began), never overwrites an existing file, writes every message as a tag
-unchanged, and on end fixes the header flags to what the stream really carried and closes
-the file. Every complete message that reached it is in the file, whatever the publisher did.
+unchanged (a repeated onMetaData only once), and on end fixes the header flags to what the
+stream really carried and closes the file. Every complete message that reached it is in the
+file, whatever the publisher did.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import time
 from pathlib import Path
 
 from ..protocol.flv import FLVWriter
-from ..protocol.messages import Message
+from ..protocol.messages import DATA_AMF0, Message
 from .registry import Stream
 
 log = logging.getLogger(__name__)
 
+ON_METADATA = b"\x02\x00\x0aonMetaData"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+@,-]")
 WRITE_BUFFER = 256 * 1024
 
@@ -51,6 +53,7 @@ class Recorder:
         self.record_dir = record_dir
         self.path: Path | None = None
         self._writer: FLVWriter | None = None
+        self._metadata_written = False
 
     def _open(self, stream: Stream) -> FLVWriter:
         while True:
@@ -66,6 +69,12 @@ class Recorder:
         return self._writer
 
     def on_message(self, stream: Stream, msg: Message) -> None:
+        if msg.type_id == DATA_AMF0 and msg.payload.startswith(ON_METADATA):
+            # One onMetaData per file, as nginx-rtmp records it: GStreamer's flvmux repeats
+            # it every second, and players read a later one as a data (subtitle) stream.
+            if self._metadata_written:
+                return
+            self._metadata_written = True
         writer = self._writer or self._open(stream)
         writer.write_tag(msg.type_id, msg.timestamp, msg.payload)
 
