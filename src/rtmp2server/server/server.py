@@ -164,6 +164,9 @@ class Session(asyncio.Protocol):
                 )
                 self.abort()
                 return
+        elif self.transport is not None and not self.transport.is_reading():
+            # Paused by back-pressure from a sink: our silence, not the peer's.
+            self.last_data = time.monotonic()
         elif not self.conn.playing and cfg.idle_timeout > 0:
             idle = time.monotonic() - self.last_data
             if idle >= cfg.idle_timeout:
