@@ -240,7 +240,7 @@ def test_late_joiner_gets_metadata_headers_and_the_cached_gop(tmp_path: Path) ->
     run(main())
 
 
-def test_player_waits_for_publisher_and_starts_at_a_keyframe() -> None:
+def test_player_waits_for_publisher_gets_all_audio_and_video_from_its_first_keyframe() -> None:
     media = av_frames(70)
 
     async def main() -> None:
@@ -252,20 +252,32 @@ def test_player_waits_for_publisher_and_starts_at_a_keyframe() -> None:
             pub = await Peer.open(s.port)
             await pub.publish("later")
             await player.status("NetStream.Play.PublishNotify")
-            # Frames before the sequence headers and the first keyframe: a mid-GOP start.
+            # A publisher that starts mid-GOP, before its metadata and sequence headers.
             await pub.send(media[10:20])
-            await pub.send([(VIDEO, 330, AVC_SEQ), (AUDIO, 330, AAC_SEQ)], METADATA)
+            await pub.send([(VIDEO, 165, AVC_SEQ), (AUDIO, 165, AAC_SEQ)], METADATA)
             await pub.send(media[20:])
-            await player.wait(lambda: len(player.av()) >= 2 + 2 * 40)
+            await player.wait(lambda: len(player.av()) >= 2 + 40 + 65)
             await pub.close()
             await player.status("NetStream.Play.UnpublishNotify")
             await player.close()
-            assert player.media[0][1].type_id == DATA_AMF0
-            av = player.av()
-            assert [m.payload for m in av[:2]] == [AVC_SEQ, AAC_SEQ]
-            check_stream(av[2:], media[20:])
-            assert av[2].payload == media[60][2]  # the first keyframe (frame 30)
-            assert len(av[2:]) == 80
+            got = [m for _, m in player.media]
+            video = [m for m in got if m.type_id == VIDEO]
+            audio = [m for m in got if m.type_id == AUDIO]
+            # Video: the sequence header, then from the first keyframe (frame 30) on.
+            assert [m.payload for m in video] == [AVC_SEQ] + [
+                p for t, _, p in media[60:] if t == VIDEO
+            ]
+            # Audio: everything, as in a recording, with the header where it came.
+            assert [m.payload for m in audio] == [p for t, _, p in media[10:20] if t == AUDIO] + [
+                AAC_SEQ
+            ] + [p for t, _, p in media[20:] if t == AUDIO]
+            meta = next(i for i, m in enumerate(got) if m.type_id == DATA_AMF0)
+            first_key = next(i for i, m in enumerate(got) if is_key(m.type_id, m.payload))
+            assert meta < first_key
+            assert got[0].timestamp == 0  # rebased: the first audio frame was at 175 ms
+            for kind in (AUDIO, VIDEO):
+                ts = [m.timestamp for m in got if m.type_id == kind]
+                assert ts == sorted(ts)
 
     run(main())
 

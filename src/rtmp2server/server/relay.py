@@ -64,6 +64,7 @@ _ON_METADATA = b"\x02\x00\x0aonMetaData"
 _METADATA_KEY = (DATA_AMF0, 0, 0)
 DEFAULT_TRACK = 0
 _UNSET: Any = object()
+STREAM_EOF_DELAY = 0.25  # seconds between UnpublishNotify and User Control Stream EOF
 
 
 @dataclass
@@ -125,6 +126,7 @@ class Player:
         "floor",
         "headers_sent",
         "joined",
+        "last",
         "limit",
         "multitrack",
         "name",
@@ -138,6 +140,7 @@ class Player:
         "timer",
         "video",
         "video_frames",
+        "video_key",
     )
 
     def __init__(self, session: Session, sid: int, name: str, limit: int) -> None:
@@ -152,9 +155,11 @@ class Player:
         self.video = True  # receiveVideo
         self.paused = False
         self.need_key = True  # video (and audio with it) waits for a keyframe
+        self.video_key = True  # video alone waits for a keyframe (audio flows)
         self.skipping = False  # fell behind: dropping until a keyframe
         self.offset: int | None = None  # out timestamp = publisher timestamp - offset
         self.floor = 0  # the out timestamp the current publish starts at
+        self.last = [0, 0, 0]  # last out timestamp per kind (index: type id & 3)
         self.limit = limit
         self.dirty = False
         self.headers_sent: dict[tuple[int, int, int], Message] = {}
@@ -171,15 +176,29 @@ class Player:
     def peer(self) -> str:
         return self.session.peer
 
-    def out_ts(self, ts: int) -> int:
-        """The player's timestamp for publisher timestamp `ts`."""
+    def out_ts(self, ts: int, type_id: int) -> int:
+        """The player's timestamp for a message of `type_id` at publisher timestamp `ts`:
+        rebased to start at `floor`, and never before the last one of the same kind."""
         off = self.offset
         if off is None:
             self.offset = off = (ts - self.floor) & _MASK
         out = (ts - off) & _MASK
-        if (out - self.floor) & _MASK >= _HALF:
-            return self.floor  # older than where this player started
+        last = self.last
+        i = type_id & 3  # data 18 -> 2, audio 8 -> 0, video 9 -> 1
+        if (out - last[i]) & _MASK >= _HALF:
+            return last[i]
+        last[i] = out
         return out
+
+    def rebase(self) -> None:
+        """The next message (of a new publish) comes just after everything sent so far."""
+        top = self.floor
+        for value in self.last:
+            if (value - top) & _MASK < _HALF:
+                top = value
+        self.floor = (top + 1) & _MASK
+        self.last = [self.floor] * 3
+        self.offset = None
 
 
 class Channel:
@@ -197,7 +216,6 @@ class Channel:
         self.gop_min_ts = 0
         self.caching = False
         self.has_video = False
-        self.max_ts: int | None = None
         self._dirty: list[Player] = []
         self._flush_pending = False
         self._bad_media_logged = False
@@ -236,12 +254,7 @@ class Channel:
             return
         self.stream = None
         for p in self.players:
-            if self.max_ts is not None and p.offset is not None:
-                last = (self.max_ts - p.offset) & _MASK
-                if (last - p.floor) & _MASK < _HALF:
-                    p.floor = (last + 1) & _MASK
-            p.offset = None
-            p.conn.send_user_control(UserControlEvent.STREAM_EOF, p.sid)
+            p.rebase()
             p.conn.send_status(
                 p.sid,
                 "status",
@@ -250,10 +263,12 @@ class Channel:
                 details=p.name,
             )
             p.session.flush()
+            # Stream EOF a moment later: GStreamer's rtmp2src stops at once on it and drops
+            # the message it has not handed downstream yet (the stream's last one).
+            p.timer = asyncio.get_running_loop().call_later(STREAM_EOF_DELAY, _stream_eof, p)
         self.headers = {}
         self._drop_gop()
         self.has_video = False
-        self.max_ts = None
         if self.players:
             log.info(
                 "relay %s/%s: publish ended, %d player(s) wait for it to return",
@@ -265,10 +280,6 @@ class Channel:
 
     def on_message(self, stream: Stream, msg: Message) -> None:
         t = msg.type_id
-        ts = msg.timestamp
-        max_ts = self.max_ts
-        if max_ts is None or (ts - max_ts) & _MASK < _HALF:
-            self.max_ts = ts
         if t == DATA_AMF0:
             self._on_data(msg)
             return
@@ -311,9 +322,11 @@ class Channel:
         if metadata:
             self.headers = {_METADATA_KEY: _Entry(msg, None), **self.headers}
         for p in self.players:
-            if p.paused or p.offset is None:
+            if p.paused or p.need_key:
                 continue
-            p.conn.send_message(CSID_DATA, p.out_ts(msg.timestamp), DATA_AMF0, p.sid, msg.payload)
+            p.conn.send_message(
+                CSID_DATA, p.out_ts(msg.timestamp, DATA_AMF0), DATA_AMF0, p.sid, msg.payload
+            )
             p.data_messages += 1
             if metadata:
                 p.headers_sent[_METADATA_KEY] = msg
@@ -380,7 +393,7 @@ class Channel:
             p.offset = (self.gop_min_ts - p.floor) & _MASK
             for entry in self.gop:
                 self._send_entry(p, entry)
-            p.need_key = False
+            p.need_key = p.video_key = False
             p.first_key = time.monotonic()
             log.info(
                 "play %s/%s: peer=%s joins from the GOP cache (%d messages, %d bytes)",
@@ -392,7 +405,11 @@ class Channel:
             p.limit = self.relay.config.player_max_buffer + self.gop_bytes
         else:
             self._send_headers(p, _unique(self.headers.values()), p.floor)
-            p.need_key = True
+            # No video yet (a player waiting when the publish starts): audio and configuration
+            # flow from the start, as the recording gets them, video from its first keyframe.
+            # Mid-stream without a cached GOP: everything waits for the next keyframe.
+            p.need_key = self.has_video
+            p.video_key = True
         self._mark(p)
 
     def _send_headers(self, p: Player, entries: list[_Entry], ts: int) -> None:
@@ -421,7 +438,7 @@ class Channel:
         if payload is None:
             return
         csid = CSID_VIDEO if t == VIDEO else CSID_AUDIO
-        ts = p.out_ts(msg.timestamp)
+        ts = p.out_ts(msg.timestamp, t)
         p.conn.send_raw(frame_message(csid, ts, t, p.sid, payload, p.chunk_size))
         if t == VIDEO:
             p.video_frames += 1
@@ -446,10 +463,10 @@ class Channel:
             )
             p.skipping = False
             p.limit = self.relay.config.player_max_buffer
-        p.need_key = False
+        p.need_key = p.video_key = False
         stale = [e for k, e in self.headers.items() if p.headers_sent.get(k) is not e.msg]
         if stale:
-            self._send_headers(p, _unique(stale), p.out_ts(ts))
+            self._send_headers(p, _unique(stale), p.out_ts(ts, DATA_AMF0))
         if p.first_key is None:
             p.first_key = time.monotonic()
             log.info(
@@ -476,17 +493,25 @@ class Channel:
             if is_video:
                 if not p.video:
                     continue
-                if p.need_key and (not key or not self._resume(p, ts)):
+                if (
+                    (p.need_key or p.video_key)
+                    and hkeys is None
+                    and (not key or not self._resume(p, ts))
+                ):
                     p.dropped += p.skipping
                     continue
             else:
                 if not p.audio:
                     continue
-                if p.need_key and ((has_video and p.video) or not self._resume(p, ts)):
+                if (
+                    p.need_key
+                    and hkeys is None
+                    and ((has_video and p.video) or not self._resume(p, ts))
+                ):
                     p.dropped += p.skipping
                     continue
             legacy = entry.info is not None and not p.multitrack
-            out = p.out_ts(ts)
+            out = p.out_ts(ts, t)
             mkey = (out, p.sid, legacy, p.chunk_size)
             data = memo.get(mkey, _UNSET)
             if data is _UNSET:
@@ -552,6 +577,13 @@ class Channel:
                     p.limit,
                     p.skips,
                 )
+
+
+def _stream_eof(p: Player) -> None:
+    p.timer = None
+    if p.channel is not None and p.channel.stream is None and not p.session.closed:
+        p.conn.send_user_control(UserControlEvent.STREAM_EOF, p.sid)
+        p.session.flush()
 
 
 def _header_order(entry: _Entry) -> int:
@@ -682,7 +714,7 @@ class Relay:
                     p.audio = event.enabled
                 else:
                     if event.enabled and not p.video:
-                        p.need_key = True
+                        p.video_key = True
                     p.video = event.enabled
 
     def _on_close(self, session: Session) -> None:
