@@ -208,6 +208,7 @@ BAD_VIDEO = [
     b"\x96\x00",  # Multitrack without FourCC
     b"\x96\x30hvc1\x00",  # multitrack type 3 is reserved
     b"\x96\x16hvc1\x00",  # Multitrack inside Multitrack
+    b"\x96\x08hvc1\x00",  # reserved packet type 8 inside Multitrack
     b"\x96\x11hvc1\x00\x00\x00\x09ab",  # track size runs past the end
 ]
 

@@ -152,6 +152,7 @@ _VIDEO_CONFIG = frozenset(
     }
 )
 _VIDEO_CODED = frozenset({VideoPacketType.CODED_FRAMES, VideoPacketType.CODED_FRAMES_X})
+_AUDIO_MEDIA = frozenset({0, 1, 2, 4})
 _KEY_FRAME_TYPES = frozenset({FrameType.KEY, FrameType.GENERATED_KEY})
 
 
@@ -371,7 +372,7 @@ def classify_video(payload: bytes) -> VideoInfo:
         pos += 1
         mt_type = b >> 4
         packet_type = b & 0x0F
-        if packet_type in (VideoPacketType.MULTITRACK, VideoPacketType.MOD_EX):
+        if packet_type > VideoPacketType.MPEG2TS_SEQUENCE_START:
             raise MediaError(
                 f"video multitrack message: inner packet type {packet_type}, "
                 "expected a media packet type (0-5)"
@@ -426,7 +427,7 @@ def classify_audio(payload: bytes) -> AudioInfo:
         pos += 1
         mt_type = b >> 4
         packet_type = b & 0x0F
-        if packet_type in (AudioPacketType.MULTITRACK, AudioPacketType.MOD_EX):
+        if packet_type not in _AUDIO_MEDIA:
             raise MediaError(
                 f"audio multitrack message: inner packet type {packet_type}, "
                 "expected a media packet type (0, 1, 2, 4)"
@@ -442,7 +443,7 @@ def classify_audio(payload: bytes) -> AudioInfo:
         pos += 4
         tracks = (Track(0, fourcc, pos, n),)
         codec = fourcc
-    if packet_type not in (0, 1, 2, 4):
+    if packet_type not in _AUDIO_MEDIA:
         raise MediaError(f"audio message: packet type {packet_type}, expected 0, 1, 2, 4, 5 or 7")
     order = count = None
     if packet_type == AudioPacketType.MULTICHANNEL_CONFIG:
