@@ -124,6 +124,7 @@ class Player:
         "dropped",
         "first_key",
         "floor",
+        "gated",
         "headers_sent",
         "joined",
         "last",
@@ -133,6 +134,7 @@ class Player:
         "need_key",
         "offset",
         "paused",
+        "send_raw",
         "session",
         "sid",
         "skipping",
@@ -146,6 +148,7 @@ class Player:
     def __init__(self, session: Session, sid: int, name: str, limit: int) -> None:
         self.session = session
         self.conn = session.conn
+        self.send_raw = session.conn.send_raw
         self.sid = sid
         self.name = name
         self.chunk_size = session.conn.out_chunk_size
@@ -157,6 +160,7 @@ class Player:
         self.need_key = True  # video (and audio with it) waits for a keyframe
         self.video_key = True  # video alone waits for a keyframe (audio flows)
         self.skipping = False  # fell behind: dropping until a keyframe
+        self.gated = True  # any of the above: `Channel._admit` decides per message
         self.offset: int | None = None  # out timestamp = publisher timestamp - offset
         self.floor = 0  # the out timestamp the current publish starts at
         self.last = [0, 0, 0]  # last out timestamp per kind (index: type id & 3)
@@ -171,6 +175,11 @@ class Player:
         self.data_messages = 0
         self.dropped = 0
         self.skips = 0
+
+    def regate(self) -> None:
+        self.gated = (
+            self.paused or self.need_key or self.video_key or not self.audio or not self.video
+        )
 
     @property
     def peer(self) -> str:
@@ -394,6 +403,7 @@ class Channel:
             for entry in self.gop:
                 self._send_entry(p, entry)
             p.need_key = p.video_key = False
+            p.regate()
             p.first_key = time.monotonic()
             log.info(
                 "play %s/%s: peer=%s joins from the GOP cache (%d messages, %d bytes)",
@@ -410,6 +420,7 @@ class Channel:
             # Mid-stream without a cached GOP: everything waits for the next keyframe.
             p.need_key = self.has_video
             p.video_key = True
+            p.regate()
         self._mark(p)
 
     def _send_headers(self, p: Player, entries: list[_Entry], ts: int) -> None:
@@ -464,6 +475,7 @@ class Channel:
             p.skipping = False
             p.limit = self.relay.config.player_max_buffer
         p.need_key = p.video_key = False
+        p.regate()
         stale = [e for k, e in self.headers.items() if p.headers_sent.get(k) is not e.msg]
         if stale:
             self._send_headers(p, _unique(stale), p.out_ts(ts, DATA_AMF0))
@@ -487,31 +499,23 @@ class Channel:
         has_video = self.has_video
         memo: dict[tuple[int, int, bool, int], bytes | None] = {}
         dirty = self._dirty
+        multitrack = entry.info is not None
+        kind = t & 3
         for p in self.players:
-            if p.paused:
+            if p.gated and not self._admit(p, is_video, key, hkeys is not None, has_video, ts):
                 continue
-            if is_video:
-                if not p.video:
-                    continue
-                if (
-                    (p.need_key or p.video_key)
-                    and hkeys is None
-                    and (not key or not self._resume(p, ts))
-                ):
-                    p.dropped += p.skipping
-                    continue
+            legacy = multitrack and not p.multitrack
+            # p.out_ts(ts, t), inlined: this loop runs for every player and message.
+            off = p.offset
+            if off is None:
+                out = p.out_ts(ts, t)
             else:
-                if not p.audio:
-                    continue
-                if (
-                    p.need_key
-                    and hkeys is None
-                    and ((has_video and p.video) or not self._resume(p, ts))
-                ):
-                    p.dropped += p.skipping
-                    continue
-            legacy = entry.info is not None and not p.multitrack
-            out = p.out_ts(ts, t)
+                out = (ts - off) & _MASK
+                last = p.last
+                if (out - last[kind]) & _MASK >= _HALF:
+                    out = last[kind]
+                else:
+                    last[kind] = out
             mkey = (out, p.sid, legacy, p.chunk_size)
             data = memo.get(mkey, _UNSET)
             if data is _UNSET:
@@ -523,7 +527,7 @@ class Channel:
                 )
             if data is None:
                 continue
-            p.conn.send_raw(data)
+            p.send_raw(data)
             if is_video:
                 p.video_frames += 1
             else:
@@ -537,6 +541,27 @@ class Channel:
         if dirty and not self._flush_pending:
             self._flush_pending = True
             asyncio.get_running_loop().call_soon(self._flush)
+
+    def _admit(
+        self, p: Player, is_video: bool, key: bool, config: bool, has_video: bool, ts: int
+    ) -> bool:
+        """The slow path of `_fan_out` for a player that is paused, filtered or waiting for a
+        keyframe: does this message go to it?"""
+        if p.paused:
+            return False
+        if is_video:
+            if not p.video:
+                return False
+            if (p.need_key or p.video_key) and not config and (not key or not self._resume(p, ts)):
+                p.dropped += p.skipping
+                return False
+        else:
+            if not p.audio:
+                return False
+            if p.need_key and not config and ((has_video and p.video) or not self._resume(p, ts)):
+                p.dropped += p.skipping
+                return False
+        return True
 
     def _mark(self, p: Player) -> None:
         if not p.dirty:
@@ -567,6 +592,7 @@ class Channel:
             if size > p.limit:
                 p.skipping = True
                 p.need_key = True
+                p.regate()
                 p.skips += 1
                 log.warning(
                     "play %s/%s: peer=%s is %d bytes behind (bound %d); dropping until a "
@@ -707,6 +733,7 @@ class Relay:
                 p.paused = event.pause
                 if not event.pause:
                     p.need_key = True
+                p.regate()
         elif kind is ReceiveMedia:
             p = players.get(event.stream_id)
             if p is not None:
@@ -716,6 +743,7 @@ class Relay:
                     if event.enabled and not p.video:
                         p.video_key = True
                     p.video = event.enabled
+                p.regate()
 
     def _on_close(self, session: Session) -> None:
         players = self._players.pop(session, None)
