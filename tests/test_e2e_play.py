@@ -72,6 +72,14 @@ SOURCES: dict[str, tuple[float, str]] = {
         f"{TESTSRC} {SINE48} -c:v libsvtav1 -preset 12 -g 30 -svtav1-params log-level=0 "
         "-pix_fmt yuv420p -c:a flac",
     ),
+    # E-RTMP multitrack as ffmpeg 9 writes it: track 0 plain, track 1 in Multitrack/OneTrack.
+    "multitrack": (
+        3.0,
+        f"{TESTSRC} {SINE48} -f lavfi -i sine=frequency=880:sample_rate=48000 "
+        "-map 0:v -map 0:v -map 1:a -map 2:a -c:v:0 libx265 -preset:v:0 ultrafast "
+        "-x265-params log-level=error:keyint=30 -c:v:1 libsvtav1 -preset:v:1 12 -g 30 "
+        "-svtav1-params log-level=0 -pix_fmt yuv420p -c:a libopus -b:a 64k",
+    ),
     "vp9-ac3": (
         3.0,
         f"{TESTSRC} {SINE48} -c:v libvpx-vp9 -deadline realtime -cpu-used 8 -g 30 "
@@ -417,3 +425,49 @@ def test_enhanced_rtmp_published_recorded_and_played_with_ffmpeg9(
     late_hashes = packet_hashes(late.out)
     for kind, packets in late_hashes.items():
         assert packets == source[kind][-len(packets) :]
+
+
+def test_multitrack_recorded_whole_legacy_player_gets_track_zero_enhanced_client_all(
+    relay_server: RelayServer, media_dir: Path, tmp_path: Path
+) -> None:
+    src = make_source(media_dir, "multitrack")
+    source = packet_hashes(src)  # two video and two audio streams
+    legacy = Player("ffmpeg-9", relay_server.url("mt"), tmp_path / "legacy.flv")
+    relay_server.wait_for_log("play start")
+
+    async def enhanced_client() -> list[tuple[int, bytes]]:
+        peer = await Peer.open(relay_server.port, fourCcList=["*"], capsEx=2.0)
+        await peer.play("mt")
+        await peer.status("NetStream.Play.Start")
+        publisher = publish(relay_server, src, "mt")
+        await peer.status("NetStream.Play.UnpublishNotify", timeout=30)
+        await peer.close()
+        assert publisher.wait(30).returncode == 0, publisher.output
+        return [(m.type_id, m.payload) for m in peer.av()]
+
+    received = asyncio.run(enhanced_client())
+    legacy.wait()
+    recording = wait_recording(relay_server, "mt")
+    _, tags, _ = flv.parse_flv(recording.read_bytes())
+    assert received == [(t.tag_type, t.body) for t in tags if t.tag_type in (AUDIO, VIDEO)]
+    recorded = packet_hashes(recording)
+    assert sorted(map(len, recorded.values())) == sorted(map(len, source.values()))
+    assert recorded == source
+    # The legacy player: only the default track of each kind, as plain E-RTMP messages.
+    played = packet_hashes(legacy.out)
+    counts = {kind: len(p) for kind, p in played.items()}
+    print(f"multitrack: source {[(k, len(v)) for k, v in source.items()]}; legacy got {counts}")
+    _, legacy_tags, _ = flv.parse_flv(legacy.out.read_bytes())
+    for tag in legacy_tags:
+        if tag.tag_type == VIDEO:
+            info = enhanced.classify_video(tag.body)
+            assert info.multitrack is None and info.codec in ("hvc1", "av01"), info
+        elif tag.tag_type == AUDIO:
+            assert enhanced.classify_audio(tag.body).multitrack is None
+    track0 = [t for t in frames(recording) if _track(t) == 0]
+    assert [t.body for t in frames(legacy.out)] == [t.body for t in track0]
+
+
+def _track(tag: flv.Tag) -> int:
+    info = (enhanced.classify_video if tag.tag_type == VIDEO else enhanced.classify_audio)(tag.body)
+    return info.tracks[0].track_id if info.tracks else 0

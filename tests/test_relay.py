@@ -528,3 +528,126 @@ def test_play_wait_forever_config() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__, "-q"])
+
+
+def test_gop_over_the_cache_bound_makes_joiners_wait_for_the_next_keyframe() -> None:
+    media = av_frames(90, size=3000)  # GOPs of 30 frames, ~100 KB each
+
+    async def main() -> None:
+        async with server(gop_max_bytes=50_000) as s:
+            pub = await Peer.open(s.port)
+            await pub.publish("big")
+            # Frames 0..59: the GOP from frame 30 outgrows the 50 KB bound.
+            await pub.send([(VIDEO, 0, AVC_SEQ), (AUDIO, 0, AAC_SEQ), *media[:120]], METADATA)
+            player = await Peer.open(s.port)
+            await player.play("big")
+            await player.status("NetStream.Play.Start")
+            await asyncio.sleep(0.05)
+            assert player.av()[2:] == []  # nothing cached: it waits for a keyframe
+            await pub.send(media[120:])
+            await player.wait(lambda: len(player.av()) >= 2 + 60)
+            await pub.close()
+            await player.close()
+            av = player.av()
+            assert [m.payload for m in av[:2]] == [AVC_SEQ, AAC_SEQ]
+            check_stream(av[2:], media)
+            assert av[2].payload == media[120][2]  # frame 60, the next keyframe
+
+    run(main())
+
+
+def test_data_messages_are_relayed_and_metadata_updates_cached() -> None:
+    media = av_frames(40)
+    cue = amf0.encode("onCuePoint", {"name": "x", "time": 1.0})
+
+    async def main() -> None:
+        async with server() as s:
+            pub = await Peer.open(s.port)
+            await pub.publish("d")
+            await pub.send([(VIDEO, 0, AVC_SEQ), (AUDIO, 0, AAC_SEQ), *media[:10]], METADATA)
+            early = await Peer.open(s.port)
+            await early.play("d")
+            await early.wait(lambda: len(early.av()) >= 12)
+            pub.conn.send_media(pub.sid, DATA_AMF0, 170, cue)
+            await pub.send(media[10:20], {"width": 128.0})  # a metadata update
+            late = await Peer.open(s.port)
+            await late.play("d")
+            await late.wait(lambda: len(late.av()) >= 2 + 20)
+            await early.wait(lambda: any(m.payload == cue for _, m in early.media))
+            await pub.close()
+            for p in (early, late):
+                await p.close()
+            data = [amf0.decode_all(m.payload) for _, m in early.media if m.type_id == DATA_AMF0]
+            assert [d[0] for d in data] == ["onMetaData", "onCuePoint", "onMetaData"]
+            late_data = [amf0.decode_all(m.payload) for _, m in late.media if m.type_id == 18]
+            assert late_data == [["onMetaData", amf0.ECMAArray({"width": 128.0})]]
+
+    run(main())
+
+
+def test_each_message_is_framed_once_for_players_that_share_a_timeline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rtmp2server.server import relay
+
+    calls = 0
+    real = relay.frame_message
+
+    def counting(*args: Any) -> bytes:
+        nonlocal calls
+        calls += 1
+        return real(*args)
+
+    monkeypatch.setattr(relay, "frame_message", counting)
+    media = av_frames(40)
+
+    async def main() -> None:
+        nonlocal calls
+        async with server() as s:
+            pub = await Peer.open(s.port)
+            await pub.publish("shared")
+            await pub.send([(VIDEO, 0, AVC_SEQ), (AUDIO, 0, AAC_SEQ), *media[:10]])
+            players = [await Peer.open(s.port) for _ in range(10)]
+            for p in players:
+                await p.play("shared")
+            for p in players:
+                await p.wait(lambda p=p: len(p.av()) >= 12)
+            calls = 0
+            await pub.send(media[10:])
+            for p in players:
+                await p.wait(lambda p=p: len(p.av()) >= 2 + 80)
+            await pub.close()
+            for p in players:
+                await p.close()
+            # Ten players joined from the same cached keyframe: one framing per message.
+            assert calls == len(media[10:])
+            first = players[0].av()
+            assert all(p.av() == first for p in players)
+
+    run(main())
+
+
+def test_delete_stream_and_disconnect_remove_players() -> None:
+    media = av_frames(10)
+
+    async def main() -> None:
+        async with server() as s:
+            pub = await Peer.open(s.port)
+            await pub.publish("gone")
+            await pub.send([(VIDEO, 0, AVC_SEQ), (AUDIO, 0, AAC_SEQ), *media])
+            a = await Peer.open(s.port)
+            await a.play("gone")
+            b = await Peer.open(s.port)
+            await b.play("gone")
+            assert s.relay is not None
+            await a.wait(lambda: len(s.relay.players()) == 2)
+            a.conn.delete_stream(a.sid)
+            await a.flush()
+            await a.wait(lambda: len(s.relay.players()) == 1)
+            await b.close()
+            await a.wait(lambda: not s.relay.players())
+            await pub.close()
+            await a.wait(lambda: not s.relay.channels)
+            await a.close()
+
+    run(main())

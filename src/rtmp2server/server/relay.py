@@ -329,7 +329,7 @@ class Channel:
     def _on_data(self, msg: Message) -> None:
         metadata = msg.payload.startswith(_ON_METADATA)
         if metadata:
-            self.headers = {_METADATA_KEY: _Entry(msg, None), **self.headers}
+            self.headers[_METADATA_KEY] = _Entry(msg, None)
         for p in self.players:
             if p.paused or p.need_key:
                 continue
@@ -346,7 +346,8 @@ class Channel:
     def _cache(self, entry: _Entry, key: bool) -> None:
         if key:
             self.gop = [entry]
-            self.gop_headers = _unique(self.headers.values())
+            # Decoder configuration as of this keyframe (metadata is sent as of the join).
+            self.gop_headers = _unique(e for k, e in self.headers.items() if k != _METADATA_KEY)
             self.gop_bytes = len(entry.msg.payload)
             self.gop_min_ts = entry.msg.timestamp
             self.caching = True
@@ -398,7 +399,9 @@ class Channel:
         p.skipping = False
         p.headers_sent = {}
         if self.gop:
-            self._send_headers(p, self.gop_headers, p.floor)
+            metadata = self.headers.get(_METADATA_KEY)
+            headers = self.gop_headers if metadata is None else [metadata, *self.gop_headers]
+            self._send_headers(p, headers, p.floor)
             p.offset = (self.gop_min_ts - p.floor) & _MASK
             for entry in self.gop:
                 self._send_entry(p, entry)
