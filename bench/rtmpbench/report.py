@@ -1,0 +1,224 @@
+"""From raw per-run results to the summary figures, the markdown table and the PNG chart."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .servers import BASELINE
+
+Results = dict[str, dict[str, Any]]
+"""server -> {"ingest": [run...], "publishers": [[level...] per run], "fanout": ...,
+"latency": [run...], "memory": [run...], "errors": [str...]}"""
+
+
+def _median(values: list[float]) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return statistics.median(values) if values else math.nan
+
+
+def max_ok(runs: list[list[dict[str, Any]]]) -> float:
+    """Median over runs of the largest N whose level passed (0 when none did)."""
+    best = [max((lv["n"] for lv in run if lv["ok"]), default=0) for run in runs]
+    return _median([float(b) for b in best]) if best else math.nan
+
+
+def common_level(results: Results, key: str) -> int | None:
+    """The largest N every server that ran `key` passed in every run."""
+    sets = []
+    for res in results.values():
+        runs = res.get(key, [])
+        if not any(lv["ok"] for run in runs for lv in run):
+            continue  # a server that failed at N=1 (shown as such) does not pull N down
+        for run in runs:
+            sets.append({lv["n"] for lv in run if lv["ok"]})
+    if not sets:
+        return None
+    common = set.intersection(*sets)
+    return max(common) if common else None
+
+
+def at_level(runs: list[list[dict[str, Any]]], n: int | None, field: str) -> float:
+    if n is None:
+        return math.nan
+    return _median([lv[field] for run in runs for lv in run if lv["n"] == n])
+
+
+def level_curve(runs: list[list[dict[str, Any]]], field: str) -> tuple[list[int], list[float]]:
+    ns = sorted({lv["n"] for run in runs for lv in run})
+    return ns, [_median([lv[field] for run in runs for lv in run if lv["n"] == n]) for n in ns]
+
+
+def figure(res: dict[str, Any], key: str, field: str) -> float:
+    """Median of `field` over the runs of `key`, leaving out runs where nothing arrived
+    (ingest: no stream recorded; latency: no message back): they have no meaningful figure."""
+    runs = [x for x in res.get(key, []) if x.get("complete", 1) and x.get("received", 1)]
+    return _median([x[field] for x in runs])
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    value: Callable[[dict[str, Any]], float | str]
+    fmt: str = "{:.2f}"
+    ratio: bool = True
+
+
+def _split(res: dict[str, Any]) -> str:
+    user, system = figure(res, "ingest", "user_s_per_gb"), figure(res, "ingest", "sys_s_per_gb")
+    return "n/a" if math.isnan(user) else f"{user:.2f} / {system:.2f}"
+
+
+def summarize(results: Results) -> tuple[list[Row], dict[str, int | None]]:
+    pub_n = common_level(results, "publishers")
+    fan_n = common_level(results, "fanout")
+
+    def ingest_complete(r: dict[str, Any]) -> str:
+        runs = r.get("ingest", [])
+        if not runs:
+            return "-"
+        good = sum(x["complete"] for x in runs)
+        return f"{good}/{sum(x['streams'] for x in runs)}"
+
+    def players_complete(r: dict[str, Any]) -> str:
+        runs = r.get("fanout", [])
+        if not runs:
+            return "-"
+        full = sum(lv["complete"] for run in runs for lv in run)
+        key = sum(lv["complete_from_key"] for run in runs for lv in run)
+        total = sum(lv["n"] for run in runs for lv in run)
+        return f"{full}/{total} ({key} from keyframe)"
+
+    def pub_complete(r: dict[str, Any]) -> str:
+        runs = r.get("publishers", [])
+        if not runs:
+            return "-"
+        good = sum(lv["complete"] for run in runs for lv in run)
+        return f"{good}/{sum(lv['n'] for run in runs for lv in run)}"
+
+    def get(key: str, field: str) -> Callable[[dict[str, Any]], float]:
+        return lambda r: figure(r, key, field)
+
+    def per_level(key: str, n: int | None, field: str) -> Callable[[dict[str, Any]], float]:
+        return lambda r: at_level(r.get(key, []), n, field) if r.get(key) else math.nan
+
+    def maxn(key: str) -> Callable[[dict[str, Any]], float]:
+        return lambda r: max_ok(r[key]) if r.get(key) else math.nan
+
+    rows = [
+        Row("ingest: server CPU s per GB (20 Mbit/s FLV, no -re)", get("ingest", "cpu_s_per_gb")),
+        Row("ingest: of which user / system", lambda r: _split(r), ratio=False),
+        Row("ingest: wall s per 30 s file", get("ingest", "wall_s")),
+        Row("ingest: streams recorded packet-complete", ingest_complete, ratio=False),
+        Row("publishers (3 Mbit/s, -re): largest N all complete", maxn("publishers"), "{:.0f}"),
+        Row(
+            f"publishers: server CPU % of a core at N={pub_n}",
+            per_level("publishers", pub_n, "cpu_pct"),
+            "{:.1f}",
+        ),
+        Row("publishers: streams recorded packet-complete", pub_complete, ratio=False),
+        Row("fan-out (3 Mbit/s): largest N players complete", maxn("fanout"), "{:.0f}"),
+        Row(
+            f"fan-out: server CPU % per player at N={fan_n}",
+            per_level("fanout", fan_n, "cpu_pct_per_player"),
+            "{:.2f}",
+        ),
+        Row("fan-out: players packet-complete", players_complete, ratio=False),
+        Row("relay latency p50, ms", get("latency", "p50_ms"), "{:.2f}"),
+        Row("relay latency p99, ms", get("latency", "p99_ms"), "{:.2f}"),
+        Row("memory per publishing connection, KiB", get("memory", "kib_per_conn"), "{:.0f}"),
+    ]
+    return rows, {"publishers": pub_n, "fanout": fan_n}
+
+
+def markdown(results: Results, header: str) -> str:
+    rows, _ = summarize(results)
+    servers = list(results)
+    base = results.get(BASELINE)
+    lines = [
+        header,
+        "",
+        "| figure | " + " | ".join(servers) + " |",
+        "| --- |" + " --- |" * len(servers),
+    ]
+    for row in rows:
+        cells = []
+        for name in servers:
+            value = row.value(results[name])
+            if isinstance(value, str):
+                cells.append(value)
+                continue
+            if math.isnan(value):
+                cells.append("n/a")
+                continue
+            cell = row.fmt.format(value)
+            if row.ratio and base is not None and name != BASELINE:
+                ref = row.value(base)
+                if isinstance(ref, float) and not math.isnan(ref) and ref > 0:
+                    cell += f" ({value / ref:.2f}x)"
+            cells.append(cell)
+        lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
+    notes = []
+    for name, res in results.items():
+        for err in res.get("errors", []):
+            notes.append(f"- {name}: {err}")
+    if notes:
+        lines += ["", "Notes from this run:", "", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: Results, path: Path, title: str) -> bool:
+    """The PNG chart; False when matplotlib is not installed (smoke runs)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    servers = list(results)
+    colors = {name: f"C{i}" for i, name in enumerate(servers)}
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    fig.suptitle(title)
+
+    def bars(ax: Any, key: str, field: str, label: str) -> None:
+        vals = [figure(results[s], key, field) for s in servers]
+        ax.bar(
+            servers, [0 if math.isnan(v) else v for v in vals], color=[colors[s] for s in servers]
+        )
+        for i, v in enumerate(vals):
+            ax.annotate(
+                "n/a" if math.isnan(v) else f"{v:.3g}",
+                (i, 0 if math.isnan(v) else v),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+        ax.set_title(label)
+        ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+
+    def curves(ax: Any, key: str, field: str, label: str) -> None:
+        for s in servers:
+            runs = results[s].get(key, [])
+            if runs:
+                ns, vals = level_curve(runs, field)
+                ax.plot(ns, vals, marker="o", label=s, color=colors[s])
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("N")
+        ax.set_title(label)
+        ax.legend(fontsize=8)
+
+    bars(axes[0][0], "ingest", "cpu_s_per_gb", "ingest: server CPU s per GB (lower is better)")
+    curves(axes[0][1], "publishers", "cpu_pct", "N real-time publishers: server CPU % of a core")
+    curves(axes[0][2], "fanout", "cpu_pct", "1 stream to N players: server CPU % of a core")
+    bars(axes[1][0], "latency", "p50_ms", "relay latency p50, ms")
+    bars(axes[1][1], "latency", "p99_ms", "relay latency p99, ms")
+    bars(axes[1][2], "memory", "kib_per_conn", "RSS per publishing connection, KiB")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True

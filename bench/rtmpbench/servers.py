@@ -1,0 +1,245 @@
+"""The servers under test: how each is configured, started, found in /proc and stopped.
+
+Every server listens on 127.0.0.1 on a free port, records every publish under its own
+record dir, logs to a file, and is started directly (no shell in between), so the pid we
+hold is the server's own and its CPU/RSS are those of its process tree.
+
+- nginx-rtmp: Debian's nginx + libnginx-mod-rtmp, `master_process on; worker_processes 1;`,
+  `record all; record_unique on;` (master + worker are counted).
+- node-media-server v4 (npm, bench/.cache/nms): `record.auto`, webadmin, HTTP and RTMPS off.
+- pyrtmp (PyPI, bench venv): bench/pyrtmp_server.py, the README's recording controller.
+- ours: `python -m rtmp2server` from src/ under the harness's own interpreter (the bench
+  venv's, a Debian python 3.11 like the project's .venv), with plain asyncio (the uvloop
+  import blocked), and ours+uvloop: the same with uvloop (the CLI uses it when importable).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import procs
+
+BENCH = Path(__file__).resolve().parent.parent
+REPO = BENCH.parent
+CACHE = BENCH / ".cache"
+VENV_PY = CACHE / "venv" / "bin" / "python"
+NMS_APP = CACHE / "nms" / "node_modules" / "node-media-server" / "bin" / "app.js"
+NGINX_MODULE = Path("/usr/lib/nginx/modules/ngx_rtmp_module.so")
+
+NGINX_CONF = """\
+load_module {module};
+user root;
+daemon off;
+master_process on;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 8192; }}
+rtmp {{
+    server {{
+        listen 127.0.0.1:{port};
+        chunk_size 4096;
+        application live {{
+            live on;
+            record all;
+            record_path {rec};
+            record_unique on;
+        }}
+    }}
+}}
+"""
+
+_BLOCK_UVLOOP = (
+    "import sys; sys.modules['uvloop'] = None; from rtmp2server.cli import main; sys.exit(main())"
+)
+
+
+@dataclass
+class Running:
+    """A started server."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    record_dir: Path
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def cpu(self) -> float:
+        return procs.cpu_seconds(self.pid)
+
+    def cpu_times(self) -> tuple[float, float]:
+        return procs.cpu_times(self.pid)
+
+    def rss(self) -> int:
+        return procs.rss_bytes(self.pid)
+
+    def url(self, stream: str) -> str:
+        return f"rtmp://127.0.0.1:{self.port}/live/{stream}"
+
+    def recordings(self, stream: str) -> list[Path]:
+        """Recorded files of `stream` (every server names them its own way)."""
+        found = []
+        for path in self.record_dir.rglob("*.flv"):
+            rel = path.relative_to(self.record_dir).parts
+            base = path.name
+            if (
+                stream in rel[:-1]
+                or base == f"{stream}.flv"
+                or base.startswith((f"{stream}-", f"{stream}."))
+            ):
+                found.append(path)
+        return sorted(found)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    can_play: Callable[[], bool]
+    command: Callable[[Path, int, Path], list[str]]
+    """(work dir, port, record dir) -> argv; may write config files into the work dir."""
+    env: Callable[[], dict[str, str]] = dict
+    available: Callable[[], str | None] = lambda: None
+    """None when it can run here, else why not."""
+
+    def start(self, work: Path, startup_timeout: float = 20.0) -> Running:
+        work.mkdir(parents=True, exist_ok=True)
+        rec = work / "rec"
+        rec.mkdir(exist_ok=True)
+        port = procs.free_port()
+        argv = self.command(work, port, rec)
+        log = work / "server.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=work,
+                env={**os.environ, **self.env()},
+            )
+        running = Running(self.name, proc, port, rec, log)
+        if not procs.wait_port(port, startup_timeout) or not running.alive():
+            running.stop()
+            tail = log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{self.name} did not start on port {port}:\n{tail}")
+        time.sleep(0.3)  # let nginx's worker / node's store settle before measuring
+        return running
+
+
+def _nginx(work: Path, port: int, rec: Path) -> list[str]:
+    conf = work / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(module=NGINX_MODULE, work=work, port=port, rec=rec))
+    return ["nginx", "-p", str(work), "-c", str(conf), "-e", str(work / "error.log")]
+
+
+def _nms(work: Path, port: int, rec: Path) -> list[str]:
+    config = {
+        "bind": "127.0.0.1",
+        "notify": {"url": ""},
+        "store": {"path": str(work / "data"), "maxHistory": 100},
+        # A fixed secret and no JWT users: nothing for app.js to generate and write back.
+        "auth": {"play": False, "publish": False, "secret": "bench-not-secret"},
+        "rtmp": {"port": port},
+        "webadmin": {"enable": False},
+        "record": {"auto": True, "path": str(rec)},
+    }
+    path = work / "nms.json"
+    path.write_text(json.dumps(config, indent=2))
+    return ["node", str(NMS_APP), "-c", str(path)]
+
+
+def _pyrtmp(work: Path, port: int, rec: Path) -> list[str]:
+    script = BENCH / "pyrtmp_server.py"
+    return [
+        str(VENV_PY),
+        str(script),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--record-dir",
+        str(rec),
+    ]
+
+
+def _ours(uvloop: bool) -> Callable[[Path, int, Path], list[str]]:
+    def command(work: Path, port: int, rec: Path) -> list[str]:
+        args = [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--record-dir",
+            str(rec),
+            "--log-level",
+            "warning",
+        ]
+        if uvloop:
+            return [sys.executable, "-m", "rtmp2server", *args]
+        return [sys.executable, "-c", _BLOCK_UVLOOP, *args]
+
+    return command
+
+
+def _ours_env() -> dict[str, str]:
+    path = os.environ.get("PYTHONPATH")
+    src = str(REPO / "src")
+    return {"PYTHONPATH": f"{src}:{path}" if path else src}
+
+
+def ours_can_play() -> bool:
+    return (REPO / "src" / "rtmp2server" / "server" / "relay.py").exists()
+
+
+def _have(path: Path, what: str) -> Callable[[], str | None]:
+    return lambda: None if path.exists() else f"{what} not installed ({path} missing)"
+
+
+def _uvloop_available() -> str | None:
+    probe = subprocess.run(
+        [sys.executable, "-c", "import uvloop"], capture_output=True, check=False
+    )
+    return None if probe.returncode == 0 else "uvloop not importable in the bench venv"
+
+
+SERVERS: dict[str, ServerSpec] = {
+    spec.name: spec
+    for spec in (
+        ServerSpec(
+            "nginx-rtmp", lambda: True, _nginx, available=_have(NGINX_MODULE, "libnginx-mod-rtmp")
+        ),
+        ServerSpec(
+            "node-media-server", lambda: True, _nms, available=_have(NMS_APP, "node-media-server")
+        ),
+        ServerSpec("pyrtmp", lambda: False, _pyrtmp, available=_have(VENV_PY, "the bench venv")),
+        ServerSpec("ours", ours_can_play, _ours(False), env=_ours_env),
+        ServerSpec(
+            "ours+uvloop", ours_can_play, _ours(True), env=_ours_env, available=_uvloop_available
+        ),
+    )
+}
+BASELINE = "nginx-rtmp"
