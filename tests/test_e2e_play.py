@@ -311,8 +311,10 @@ def test_player_joins_live_stream_and_gets_every_frame_bit_exact(
         f"{player}: joined at video frame {joined.video_from}, received {joined.video} video "
         f"and {joined.audio} audio frames, all bit-exact to the end"
     )
-    assert joined.video_from in (60, 90)  # a keyframe at 2 s or 3 s
-    assert joined.video >= 90
+    # Joined mid-stream, at a keyframe (one a second): the GOP cache's, or a later one if the
+    # player took long to start.
+    assert joined.video_from > 0 and joined.video_from % 30 == 0
+    assert joined.video >= 30
     lines = relay_server.log_lines("play stop", "live1")
     assert len(lines) == 1 and "dropped=0" in lines[0], lines
 
