@@ -32,6 +32,8 @@ Gst.init(None)
 from rtmp2server.gst import register  # noqa: E402
 from rtmp2server.protocol import flv  # noqa: E402
 from rtmp2server.protocol.client import ClientCommand, ClientConnection  # noqa: E402
+from support.clients import Publisher  # noqa: E402
+from support.server import free_port  # noqa: E402, F401 - re-exported for the gst tests
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGIN_PATH = REPO / "gst-plugins"
@@ -48,12 +50,6 @@ def gst_env() -> dict[str, str]:
     env["GST_REGISTRY"] = str(_registry_dir / "registry.bin")
     env.pop("GST_REGISTRY_FORK", None)
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def port_is_free(port: int) -> bool:
@@ -81,39 +77,15 @@ def wait_listening(
     raise AssertionError(f"nothing listens on port {port} after {timeout} s")
 
 
-class GstLaunch:
-    """A gst-launch-1.0 process (its output kept for failure messages)."""
+class GstLaunch(Publisher):
+    """A gst-launch-1.0 process with our plugin path and registry."""
 
     def __init__(self, *pipeline: str) -> None:
-        self.args = [GST_LAUNCH, *pipeline]
-        self.proc = subprocess.Popen(
-            self.args,
-            env=gst_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-        )
-        self.output = ""
+        super().__init__([GST_LAUNCH, *pipeline], env=gst_env())
 
-    def wait(self, timeout: float = 30.0) -> int:
-        try:
-            out, _ = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, _ = self.proc.communicate()
-            self.output = out or ""
-            raise AssertionError(
-                f"gst-launch did not exit in {timeout} s:\n{self.output}"
-            ) from None
-        self.output = out or ""
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.output = self.proc.communicate()[0] or ""
+    def wait(self, timeout: float = 30.0) -> int:  # type: ignore[override]
+        """The exit code; a process still running after `timeout` is killed (TimeoutError)."""
+        return super().wait(timeout).returncode
 
 
 def gst_inspect(*args: str) -> subprocess.CompletedProcess[str]:

@@ -380,8 +380,12 @@ def test_null_playing_null_thirty_times_leaks_no_threads_or_sockets(tags: list[f
     threads0, fds0 = threads_and_fds()
     for i in range(30):
         cycle(with_publisher=i % 10 == 0)
-    time.sleep(0.2)
+    # Threads that are winding down get a few seconds to finish; a leaked one never does.
+    deadline = time.monotonic() + 5
     threads, fds = threads_and_fds()
+    while (threads > threads0 or fds > fds0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        threads, fds = threads_and_fds()
     assert shared.running() == []
     assert threads <= threads0, f"threads {threads0} -> {threads}"
     assert fds <= fds0, f"open fds {fds0} -> {fds}"

@@ -81,12 +81,13 @@ def publish_command(client: str, src: Path, url: str) -> list[str]:
 
 
 class Publisher:
-    """A publishing process; its output is collected for the failure message."""
+    """A client process (publisher or gst-launch); its output is kept for failure messages."""
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         self.args = args
         self.proc = subprocess.Popen(
             args,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -113,7 +114,7 @@ class Publisher:
         """SIGKILL: the publisher vanishes without closing anything."""
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.communicate()
+        self.output = self.proc.communicate()[0] or ""
 
     def running(self) -> bool:
         return self.proc.poll() is None
