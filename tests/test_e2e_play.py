@@ -278,9 +278,9 @@ class Player:
         return output
 
 
-def publish(server: ServerProcess, src: Path, stream: str) -> Publisher:
-    args = f"-hide_banner -nostdin -loglevel error -re -i {src} -map 0 -c copy -f flv"
-    publisher = Publisher([FFMPEG9, *args.split(), server.url(stream)])
+def publish(server: ServerProcess, src: Path, stream: str, *extra: str) -> Publisher:
+    args = f"-hide_banner -nostdin -loglevel error -re -i {src} -map 0 -c copy {' '.join(extra)}"
+    publisher = Publisher([FFMPEG9, *args.split(), "-f", "flv", server.url(stream)])
     server.wait_publish("start", stream)
     return publisher
 
@@ -410,7 +410,10 @@ def test_enhanced_rtmp_published_recorded_and_played_with_ffmpeg9(
     source = packet_hashes(src)
     early = Player("ffmpeg-9", relay_server.url(name), tmp_path / "early.flv")
     relay_server.wait_for_log("play start")
-    publisher = publish(relay_server, src, name)
+    # The publisher announces its codecs in connect (fourCcList); the server answers with its
+    # videoFourCcInfoMap / audioFourCcInfoMap / capsEx.
+    codecs = "-rtmp_enhanced_codecs hvc1,av01,vp09,Opus,fLaC,ac-3"
+    publisher = publish(relay_server, src, name, codecs)
     time.sleep(1.3)
     late = Player("ffmpeg-9", relay_server.url(name), tmp_path / "late.flv")
     assert publisher.wait(30).returncode == 0, publisher.output
