@@ -521,9 +521,23 @@ def test_stalled_player_is_bounded_and_others_and_recording_stay_complete(tmp_pa
     ]
 
 
-def test_play_wait_forever_config() -> None:
-    cfg = RelayConfig(play_wait=math.inf)
-    assert not math.isfinite(cfg.play_wait)
+def test_play_wait_forever() -> None:
+    async def main() -> None:
+        async with server(play_wait=math.inf) as s:
+            player = await Peer.open(s.port)
+            await player.play("someday")
+            await player.status("NetStream.Play.Start")
+            await asyncio.sleep(0.3)
+            assert s.relay is not None
+            (p,) = s.relay.players()
+            assert p.timer is None and "NetStream.Play.StreamNotFound" not in player.statuses
+            pub = await Peer.open(s.port)
+            await pub.publish("someday")
+            await player.status("NetStream.Play.PublishNotify")
+            await pub.close()
+            await player.close()
+
+    run(main())
 
 
 if __name__ == "__main__":  # pragma: no cover
