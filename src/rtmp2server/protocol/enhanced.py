@@ -217,9 +217,12 @@ class VideoInfo:
 
 @dataclass(frozen=True, slots=True)
 class AudioInfo:
-    """What an audio message is. `packet_type` is an `AudioPacketType` (legacy AAC maps onto
-    it; other legacy formats are CODED_FRAMES). An empty message is the RTMP "silence"
-    message: codec "", SEQUENCE_END semantics are not implied."""
+    """What an audio message is.
+
+    `packet_type` is an `AudioPacketType`; the legacy AACPacketType maps onto it (0 sequence
+    header, 1 raw) and other legacy formats are CODED_FRAMES. An empty message is the RTMP
+    "silence" message: codec "", sound format -1, no tracks.
+    """
 
     codec: str
     sound_format: int
