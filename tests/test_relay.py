@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import os
 import socket
@@ -663,5 +664,31 @@ def test_delete_stream_and_disconnect_remove_players() -> None:
             await pub.close()
             await a.wait(lambda: not s.relay.channels)
             await a.close()
+
+    run(main())
+
+
+def test_publisher_clock_jumping_back_keeps_player_timestamps_going_forward() -> None:
+    before = av_frames(40)
+    after = av_frames(40)  # timestamps start again at 0
+
+    async def main() -> None:
+        async with server() as s:
+            pub = await Peer.open(s.port)
+            await pub.publish("jump")
+            await pub.send([(VIDEO, 0, AVC_SEQ), (AUDIO, 0, AAC_SEQ), *before])
+            player = await Peer.open(s.port)
+            await player.play("jump")
+            await player.wait(lambda: len(player.av()) >= 2 + 20)
+            await pub.send(after)
+            await player.wait(lambda: len(player.av()) >= 2 + 100)
+            await pub.close()
+            await player.close()
+            video = [m.timestamp for m in player.av()[2:] if m.type_id == VIDEO]
+            assert video == sorted(video)
+            steps = {b - a for a, b in itertools.pairwise(video)}
+            assert steps <= {33, 1, 0}, steps  # one frame apart, or the jump itself
+            audio = [m.timestamp for m in player.av()[2:] if m.type_id == AUDIO]
+            assert audio == sorted(audio)
 
     run(main())

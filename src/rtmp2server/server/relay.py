@@ -20,10 +20,11 @@ Players are fanned out to without slowing anyone down:
   wait for it.
 
 Timestamps are rebased per player: the first media message it gets is at (about) zero and
-they never go backwards, across an unpublish and a returning publisher too. A player of a
-stream that is not published waits (`NetStream.Play.PublishNotify` when it starts) or gets
-`NetStream.Play.StreamNotFound` after `RelayConfig.play_wait`; when the publisher stops,
-players get `NetStream.Play.UnpublishNotify` and stay for a publisher that comes back.
+they never go backwards, across an unpublish and a returning publisher, or a publisher whose
+clock jumps back, too. A player of a stream that is not published waits
+(`NetStream.Play.PublishNotify` when it starts) or gets `NetStream.Play.StreamNotFound` after
+`RelayConfig.play_wait`; when the publisher stops, players get
+`NetStream.Play.UnpublishNotify` and stay for a publisher that comes back.
 
 Players that did not announce Enhanced RTMP multitrack support in `connect` get only the
 default track (track id 0) of multitrack streams, rewritten as ordinary E-RTMP messages.
@@ -65,6 +66,7 @@ _METADATA_KEY = (DATA_AMF0, 0, 0)
 DEFAULT_TRACK = 0
 _UNSET: Any = object()
 STREAM_EOF_DELAY = 0.25  # seconds between UnpublishNotify and User Control Stream EOF
+DISCONTINUITY = 1000  # ms a publisher's timestamp may go back before it counts as a restart
 
 
 @dataclass
@@ -195,8 +197,19 @@ class Player:
         last = self.last
         i = type_id & 3  # data 18 -> 2, audio 8 -> 0, video 9 -> 1
         if (out - last[i]) & _MASK >= _HALF:
-            return last[i]
+            return self.behind(ts, out, i)
         last[i] = out
+        return out
+
+    def behind(self, ts: int, out: int, i: int) -> int:
+        """`out` is before the last timestamp of its kind: hold it there, or, when the
+        publisher's clock jumped back (it restarted its timestamps), continue from there."""
+        last = self.last[i]
+        if (last - out) & _MASK <= DISCONTINUITY:
+            return last  # ordinary jitter between interleaved messages
+        out = (last + 1) & _MASK
+        self.offset = (ts - out) & _MASK
+        self.last[i] = out
         return out
 
     def rebase(self) -> None:
@@ -516,7 +529,7 @@ class Channel:
                 out = (ts - off) & _MASK
                 last = p.last
                 if (out - last[kind]) & _MASK >= _HALF:
-                    out = last[kind]
+                    out = p.behind(ts, out, kind)
                 else:
                     last[kind] = out
             mkey = (out, p.sid, legacy, p.chunk_size)
