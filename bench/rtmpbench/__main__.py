@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "results.md").write_text(text)
     (out / "results.json").write_text(json.dumps({"machine": info, "results": results}, indent=1))
     drawn = report.chart(results, out / "chart.png", f"RTMP servers on {info['cpu']}, {today}")
-    if not args.smoke:
+    if not args.smoke and args.out is None and args.only is None:
         rel = Path(os.path.relpath(out, BENCH / "results"))
         chart_line = f"\n![chart]({rel}/chart.png)\n" if drawn else ""
         (BENCH / "results" / "latest.md").write_text(

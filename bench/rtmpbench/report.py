@@ -49,6 +49,8 @@ def at_level(runs: list[list[dict[str, Any]]], n: int | None, field: str) -> flo
 
 
 def level_curve(runs: list[list[dict[str, Any]]], field: str) -> tuple[list[int], list[float]]:
+    """Median `field` per N, over the levels where anything arrived at all."""
+    runs = [[lv for lv in run if lv["complete"]] for run in runs]
     ns = sorted({lv["n"] for run in runs for lv in run})
     return ns, [_median([lv[field] for run in runs for lv in run if lv["n"] == n]) for n in ns]
 
