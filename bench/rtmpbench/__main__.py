@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or BENCH / "results" / today
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    logfile = open(out / "run.log", "w")  # noqa: SIM115 - open for the whole run
+    logfile = open(out / ("profile.log" if args.profile else "run.log"), "w")  # noqa: SIM115 - open for the whole run
 
     def log(line: str) -> None:
         stamp = time.strftime("%H:%M:%S")
