@@ -313,3 +313,19 @@ def test_repeated_metadata_recorded_once(tmp_path: Path) -> None:
     assert [t.tag_type for t in tags] == [18, 9, 9, 9, 18]
     assert amf0.decode_all(tags[0].body)[1]["duration"] == 0.0
     assert amf0.decode_all(tags[-1].body)[0] == "onCuePoint"
+
+
+def test_publish_under_uvloop(tmp_path: Path) -> None:
+    """The CLI runs on uvloop when it is installed; its transports must work too."""
+    import uvloop
+
+    media = frames(30)
+
+    async def main() -> None:
+        async with RTMPServer(ServerConfig(host="127.0.0.1", port=0, record_dir=tmp_path)) as s:
+            await publish_all(s.port, "uv", media)
+            await wait_for(lambda: len(s.registry) == 0)
+
+    uvloop.run(asyncio.wait_for(main(), 30))
+    tags = recording(tmp_path, "live", "uv")
+    assert [(t.tag_type, t.timestamp, t.body) for t in tags[1:]] == media
