@@ -93,30 +93,27 @@ class Session(asyncio.Protocol):
                 items = self.conn.receive_data(data)
             except RemoteProtocolError as err:
                 # Keep every complete message that arrived before the bad bytes.
-                self._deliver_media(err.partial)
+                self._dispatch(err.partial, events=False)
                 log.warning("peer %s: %s; closing the connection", self.peer, err)
                 self.abort()
                 return
-            published = self.published
-            for item in items:
-                if type(item) is Message:
-                    stream = published.get(item.stream_id)
-                    if stream is not None:
-                        stream.deliver(item)
-                else:
-                    self._on_event(item)
+            self._dispatch(items)
         except Exception:
             log.exception("peer %s: internal error; closing the connection", self.peer)
             self.abort()
             return
         self.flush()
 
-    def _deliver_media(self, items: list[Any]) -> None:
+    def _dispatch(self, items: list[Any], *, events: bool = True) -> None:
+        """Media messages to their stream's sinks; events (unless `events` is False) acted on."""
+        published = self.published
         for item in items:
             if type(item) is Message:
-                stream = self.published.get(item.stream_id)
+                stream = published.get(item.stream_id)
                 if stream is not None:
                     stream.deliver(item)
+            elif events:
+                self._on_event(item)
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost follows
