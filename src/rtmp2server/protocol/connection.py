@@ -42,6 +42,7 @@ from .messages import (
     COMMAND_AMF3,
     DATA_AMF0,
     DATA_AMF3,
+    SET_DATA_FRAME,
     VIDEO,
     Message,
     MessageType,
@@ -66,7 +67,6 @@ CSID_VIDEO = 7
 CSID_DATA = 5
 
 FMS_VERSION = "FMS/3,5,7,7009"
-SET_DATA_FRAME = b"\x02\x00\x0d@setDataFrame"
 _AGG_HEADER = struct.Struct(">BHBHBB3s")
 
 ReceivedItem = Event | Message

@@ -50,6 +50,11 @@ AGGREGATE = 22
 
 CONTROL_TYPES = frozenset({1, 2, 3, 5, 6})
 
+# AMF0 string prefixes of data messages: "@setDataFrame" wraps metadata from publishers,
+# "onMetaData" is what recordings and players get.
+SET_DATA_FRAME = b"\x02\x00\x0d@setDataFrame"
+ON_METADATA = b"\x02\x00\x0aonMetaData"
+
 
 class UserControlEvent(IntEnum):
     STREAM_BEGIN = 0

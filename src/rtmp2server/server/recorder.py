@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 
 from ..protocol.flv import FLVWriter
-from ..protocol.messages import DATA_AMF0, Message
+from ..protocol.messages import DATA_AMF0, ON_METADATA, Message
 from .registry import Stream
 
 log = logging.getLogger(__name__)
 
-ON_METADATA = b"\x02\x00\x0aonMetaData"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+@,-]")
 WRITE_BUFFER = 256 * 1024
 

@@ -51,7 +51,7 @@ from ..protocol.enhanced import (
     select_track,
 )
 from ..protocol.events import PauseRequest, PlayRequest, ReceiveMedia, StreamClosed
-from ..protocol.messages import AUDIO, DATA_AMF0, VIDEO, Message, UserControlEvent
+from ..protocol.messages import AUDIO, DATA_AMF0, ON_METADATA, VIDEO, Message, UserControlEvent
 from .registry import Stream, StreamKey, StreamRegistry
 
 if TYPE_CHECKING:
@@ -61,7 +61,6 @@ log = logging.getLogger(__name__)
 
 _MASK = 0xFFFFFFFF
 _HALF = 0x80000000
-_ON_METADATA = b"\x02\x00\x0aonMetaData"
 _METADATA_KEY = (DATA_AMF0, 0, 0)
 DEFAULT_TRACK = 0
 _UNSET: Any = object()
@@ -340,7 +339,7 @@ class Channel:
             self._fan_out(entry, is_video, key, hkeys)
 
     def _on_data(self, msg: Message) -> None:
-        metadata = msg.payload.startswith(_ON_METADATA)
+        metadata = msg.payload.startswith(ON_METADATA)
         if metadata:
             self.headers[_METADATA_KEY] = _Entry(msg, None)
         for p in self.players:
