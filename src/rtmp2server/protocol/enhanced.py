@@ -153,6 +153,7 @@ _VIDEO_CONFIG = frozenset(
 )
 _VIDEO_CODED = frozenset({VideoPacketType.CODED_FRAMES, VideoPacketType.CODED_FRAMES_X})
 _AUDIO_MEDIA = frozenset({0, 1, 2, 4})
+_VIDEO_MEDIA = frozenset(range(6))  # SequenceStart .. MPEG2TSSequenceStart
 _KEY_FRAME_TYPES = frozenset({FrameType.KEY, FrameType.GENERATED_KEY})
 
 
@@ -330,6 +331,28 @@ def _tracks(payload: bytes, pos: int, mt_type: int, fourcc: str, kind: str) -> t
     return tuple(tracks)
 
 
+def _multitrack(
+    payload: bytes, pos: int, kind: str, media_types: frozenset[int], expected: str
+) -> tuple[int, int, tuple[Track, ...], str]:
+    """The multitrack header at `pos`: (multitrack type, inner packet type, tracks, codec)."""
+    _need(payload, pos, 1, "multitrack type", kind)
+    b = payload[pos]
+    pos += 1
+    mt_type = b >> 4
+    packet_type = b & 0x0F
+    if packet_type not in media_types:
+        raise MediaError(
+            f"{kind} multitrack message: inner packet type {packet_type}, "
+            f"expected a media packet type ({expected})"
+        )
+    fourcc = ""
+    if mt_type != MultitrackType.MANY_TRACKS_MANY_CODECS:
+        fourcc = _fourcc(payload, pos, kind)
+        pos += 4
+    tracks = _tracks(payload, pos, mt_type, fourcc, kind)
+    return mt_type, packet_type, tracks, fourcc or tracks[0].codec
+
+
 def classify_video(payload: bytes) -> VideoInfo:
     """Parse the (Ex)VideoTagHeader of a video message payload."""
     if not payload:
@@ -370,22 +393,9 @@ def classify_video(payload: bytes) -> VideoInfo:
             "", frame_type, packet_type, True, (), command=payload[pos], nano_offset=nano
         )
     if packet_type == VideoPacketType.MULTITRACK:
-        _need(payload, pos, 1, "multitrack type", "video")
-        b = payload[pos]
-        pos += 1
-        mt_type = b >> 4
-        packet_type = b & 0x0F
-        if packet_type > VideoPacketType.MPEG2TS_SEQUENCE_START:
-            raise MediaError(
-                f"video multitrack message: inner packet type {packet_type}, "
-                "expected a media packet type (0-5)"
-            )
-        fourcc = ""
-        if mt_type != MultitrackType.MANY_TRACKS_MANY_CODECS:
-            fourcc = _fourcc(payload, pos, "video")
-            pos += 4
-        tracks = _tracks(payload, pos, mt_type, fourcc, "video")
-        codec = fourcc or tracks[0].codec
+        mt_type, packet_type, tracks, codec = _multitrack(
+            payload, pos, "video", _VIDEO_MEDIA, "0-5"
+        )
         return VideoInfo(
             codec, frame_type, packet_type, True, tracks, multitrack=mt_type, nano_offset=nano
         )
@@ -425,22 +435,9 @@ def classify_audio(payload: bytes) -> AudioInfo:
         pos, packet_type, nano = _mod_ex(payload, pos, packet_type, "audio")
     mt_type: int | None = None
     if packet_type == AudioPacketType.MULTITRACK:
-        _need(payload, pos, 1, "multitrack type", "audio")
-        b = payload[pos]
-        pos += 1
-        mt_type = b >> 4
-        packet_type = b & 0x0F
-        if packet_type not in _AUDIO_MEDIA:
-            raise MediaError(
-                f"audio multitrack message: inner packet type {packet_type}, "
-                "expected a media packet type (0, 1, 2, 4)"
-            )
-        fourcc = ""
-        if mt_type != MultitrackType.MANY_TRACKS_MANY_CODECS:
-            fourcc = _fourcc(payload, pos, "audio")
-            pos += 4
-        tracks = _tracks(payload, pos, mt_type, fourcc, "audio")
-        codec = fourcc or tracks[0].codec
+        mt_type, packet_type, tracks, codec = _multitrack(
+            payload, pos, "audio", _AUDIO_MEDIA, "0, 1, 2, 4"
+        )
     else:
         fourcc = _fourcc(payload, pos, "audio")
         pos += 4
