@@ -324,6 +324,110 @@ def test_round_trip_random_chunk_sizes_and_splits(
     assert reader.buffered == 0
 
 
+Lane = list[tuple[int, int, bytes]]  # (timestamp, type id, payload) of one chunk stream
+
+
+def interleave(
+    lanes: dict[int, Lane], chunk_size: int, order: list[int]
+) -> tuple[bytes, list[tuple[int, int, int, bytes]]]:
+    """Chunks of several chunk streams mixed at chunk granularity, as RTMP 1.0 5.3 allows
+    (the messages of one chunk stream stay in order). Each message starts with a type-0
+    header; continuations are type-3, repeating an extended timestamp. `order` picks the
+    next chunk stream. Returns the bytes and (csid, timestamp, type, payload) of each
+    message in the order their last chunk went out."""
+    queues: dict[int, list[tuple[bytes, tuple[int, int, int, bytes] | None]]] = {}
+    for csid, msgs in lanes.items():
+        chunks = queues[csid] = []
+        for ts, type_id, payload in msgs:
+            ext = struct.pack(">I", ts) if ts >= 0xFFFFFF else b""
+            pieces = [payload[i : i + chunk_size] for i in range(0, len(payload), chunk_size)]
+            pieces = pieces or [b""]
+            heads = [fmt0(csid, ts, len(payload), type_id, 1)]
+            heads += [basic_header(3, csid) + ext] * (len(pieces) - 1)
+            for i, (head, piece) in enumerate(zip(heads, pieces, strict=True)):
+                last = i == len(pieces) - 1
+                chunks.append((head + piece, (csid, ts, type_id, payload) if last else None))
+    out = bytearray()
+    expected: list[tuple[int, int, int, bytes]] = []
+    live = [c for c in queues if queues[c]]
+    k = 0
+    while live:
+        csid = live[order[k % len(order)] % len(live)]
+        k += 1
+        chunk, done = queues[csid].pop(0)
+        out += chunk
+        if done is not None:
+            expected.append(done)
+        if not queues[csid]:
+            live.remove(csid)
+    return bytes(out), expected
+
+
+lane_st = st.lists(
+    st.tuples(
+        st.one_of(st.integers(0, 5000), st.integers(0xFFFFF0, 0x1000010)),
+        st.sampled_from([8, 9, 18]),
+        st.integers(0, 900),
+    ),
+    max_size=6,
+)
+
+
+def distinct_lanes(lanes: dict[int, list[tuple[int, int, int]]]) -> dict[int, Lane]:
+    """Payloads whose bytes differ between streams and positions, so that a byte taken from
+    the wrong place shows."""
+    return {
+        csid: [
+            (ts, type_id, bytes((csid * 31 + i * 7 + j) & 0xFF for j in range(size)))
+            for i, (ts, type_id, size) in enumerate(msgs)
+        ]
+        for csid, msgs in lanes.items()
+    }
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lanes=st.dictionaries(st.sampled_from([3, 4, 5, 6, 7, 63, 64, 320]), lane_st, max_size=4),
+    chunk_size=st.integers(1, 200),
+    order=st.lists(st.integers(0, 7), min_size=1, max_size=40),
+    splits=st.lists(st.integers(1, 3000), min_size=1, max_size=20),
+)
+def test_interleaved_chunk_streams_any_split(
+    lanes: dict[int, list[tuple[int, int, int]]],
+    chunk_size: int,
+    order: list[int],
+    splits: list[int],
+) -> None:
+    # Runs of one stream's chunks with others' chunks between them, cut anywhere: the
+    # reader's fast path for back-to-back chunks must stop exactly where another one starts.
+    body, expected = interleave(distinct_lanes(lanes), chunk_size, order)
+    data = fmt0(2, 0, 4, 1, 0) + struct.pack(">I", chunk_size) + body
+    reader = ChunkReader()
+    got: list[Message] = []
+    pos = k = 0
+    while pos < len(data):
+        step = splits[k % len(splits)]
+        got += reader.feed(data[pos : pos + step])
+        pos += step
+        k += 1
+    assert [(m.csid, m.timestamp, m.type_id, m.payload) for m in got[1:]] == expected
+    assert all(type(m.payload) is bytes for m in got)
+    assert reader.buffered == 0
+
+
+def test_back_to_back_run_stops_at_another_stream() -> None:
+    # chunk size 4: a 20-byte video message in 5 chunks with an audio chunk after the third.
+    video = bytes(range(20))
+    data = fmt0(2, 0, 4, 1, 0) + struct.pack(">I", 4)
+    data += fmt0(6, 40, 20, 9, 1) + video[:4]
+    data += b"\xc6" + video[4:8] + b"\xc6" + video[8:12]
+    data += fmt0(4, 40, 3, 8, 1) + b"aud"
+    data += b"\xc6" + video[12:16] + b"\xc6" + video[16:20]
+    for step in (len(data), 1, 7, 22):
+        got = feed_all(data, step)
+        assert [(m.csid, m.payload) for m in got[1:]] == [(4, b"aud"), (6, video)], step
+
+
 @settings(max_examples=20, deadline=None)
 @given(msgs=st.lists(message_st, max_size=6), chunk_size=st.integers(1, 300))
 def test_round_trip_one_byte_at_a_time(

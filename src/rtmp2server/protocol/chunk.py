@@ -30,6 +30,7 @@ _FIELDS_BY_FMT = (7, 7, 3)
 DEFAULT_CHUNK_SIZE = 128
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 _EXTENDED = 0xFFFFFF
+_MAX_HEADER = 18  # 3-byte basic header, 11-byte type-0 header, extended timestamp
 
 
 class _InStream:
@@ -56,7 +57,7 @@ class _InStream:
         self.extended = False  # the last fmt 0/1/2 header carried an extended timestamp
         self.ext_value = 0
         self.remaining = 0  # payload bytes still due for the message in progress
-        self.parts: list[bytes | bytearray] = []
+        self.parts: list[memoryview] = []  # views of the reads, joined at the end
 
 
 class ChunkReader:
@@ -65,43 +66,52 @@ class ChunkReader:
     def __init__(self, *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         self.chunk_size = DEFAULT_CHUNK_SIZE
         self.max_message_size = max_message_size
-        self._buf = bytearray()
+        self._pending = b""  # the start of a chunk whose bytes have not all arrived
         self._streams: dict[int, _InStream] = {}
         self.error: RemoteProtocolError | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes held back because the chunk they start is not complete yet."""
-        return len(self._buf)
+        return len(self._pending)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
         """Consume `data`; return the messages it completes, in arrival order."""
-        buf: bytes | bytearray
-        if self._buf:
-            self._buf += data
-            buf = self._buf
-        else:
-            buf = data if isinstance(data, (bytes, bytearray)) else bytes(data)
         if self.error is not None:
             raise self.error
+        if type(data) is not bytes:
+            # Messages in progress keep views into `data`: it must not change under them.
+            data = bytes(data)
         out: list[Message] = []
         try:
-            pos = self._parse(buf, out)
+            start = 0
+            pending = self._pending
+            if pending:
+                # Finish the chunk the last read ended in: it needs at most a whole header
+                # and one chunk of payload more. Only those bytes are copied, not the read.
+                head = pending + data[: _MAX_HEADER + self.chunk_size]
+                pos = self._parse(head, 0, out)
+                if pos == 0:  # still not complete: `data` was shorter than that
+                    self._pending = head
+                    return out
+                start = pos - len(pending)
+                self._pending = b""
+            pos = self._parse(data, start, out)
         except RemoteProtocolError as err:
             # Hand out what completed before the bad chunk; the error stays in `error`.
             self.error = err
             if not out:
                 raise
             return out
-        if buf is self._buf:
-            del self._buf[:pos]
-        elif pos < len(buf):
-            self._buf = bytearray(buf[pos:])
+        if pos < len(data):
+            self._pending = data[pos:]
         return out
 
-    def _parse(self, data: bytes | bytearray, out: list[Message]) -> int:
+    def _parse(self, data: bytes, pos: int, out: list[Message]) -> int:
+        """Consume the whole chunks of `data` from `pos`; return where the first incomplete
+        one starts. Payload pieces are views of `data`, joined when their message completes."""
         n = len(data)
-        pos = 0
+        view = memoryview(data)
         streams = self._streams
         chunk_size = self.chunk_size
         u32 = _U32.unpack_from
@@ -138,20 +148,37 @@ class ChunkReader:
                         # some encoders do not. Accept both, as SRS and nginx-rtmp do.
                         if u32(data, p)[0] == cs.ext_value:
                             p += 4
+                    elif remaining > chunk_size and p == pos + 1 and pos + chunk_size < n:
+                        # Clients write a message's chunks back to back, so this is usually
+                        # a run of full chunks of this message, each behind this same one-byte
+                        # header. Take every whole one in one step (the last chunk of the
+                        # message, with the message's end, goes the ordinary way below).
+                        step = chunk_size + 1
+                        count = (n - pos) // step  # >= 1: this chunk is whole
+                        full = (remaining - 1) // chunk_size
+                        if count > full:
+                            count = full
+                        if count > 1:
+                            heads = data[pos : pos + count * step : step]
+                            # Stop at the first header that is another chunk stream's.
+                            count -= len(heads.lstrip(heads[:1]))
+                        end = pos + count * step
+                        cs.parts += [view[a : a + chunk_size] for a in range(p, end, step)]
+                        cs.remaining = remaining - count * chunk_size
+                        pos = end
+                        continue
                     take = chunk_size if remaining > chunk_size else remaining
                     end = p + take
                     if end > n:
                         break
-                    cs.parts.append(data[p:end])
+                    cs.parts.append(view[p:end])
                     pos = end
                     remaining -= take
                     cs.remaining = remaining
                     if remaining:
                         continue
-                    parts = cs.parts
-                    payload = bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+                    msg = Message(csid, cs.timestamp, cs.type_id, cs.stream_id, b"".join(cs.parts))
                     cs.parts = []
-                    msg = Message(csid, cs.timestamp, cs.type_id, cs.stream_id, payload)
                     if msg.type_id < 3:
                         chunk_size = self._control(msg)
                     out.append(msg)
@@ -229,10 +256,10 @@ class ChunkReader:
             cs.ext_value = ext_value
             pos = end
             if take < length:
-                cs.parts = [data[p:end]]
+                cs.parts = [view[p:end]]
                 cs.remaining = length - take
                 continue
-            msg = Message(csid, timestamp, type_id, stream_id, bytes(data[p:end]))
+            msg = Message(csid, timestamp, type_id, stream_id, data[p:end])
             if type_id < 3:
                 chunk_size = self._control(msg)
             out.append(msg)
