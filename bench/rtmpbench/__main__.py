@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import media, procs, profile, report, scenarios
+from . import media, procs, profile, report, scenarios, servers
 from .servers import BASELINE, BENCH, CACHE, REPO, SERVERS, ServerSpec
 
 
@@ -183,7 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only check that the harness works with our server (<2 min)",
     )
-    p.add_argument("--servers", help=f"comma-separated subset of {','.join(SERVERS)}")
+    p.add_argument(
+        "--servers",
+        help=f"comma-separated subset of {','.join(SERVERS)}; also ours@<git rev>[+uvloop]: "
+        "our server as of that commit, to compare changes in one run",
+    )
     p.add_argument("--runs", type=int, help="runs per figure (median taken); default 3")
     p.add_argument("--ingest-repeat", type=int, help="pushes of the 20 Mbit/s file per run")
     p.add_argument("--live-seconds", type=float, help="length of the real-time 3 Mbit/s file")
@@ -236,10 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         names = args.servers.split(",")
     else:
         names = list(SERVERS)
-    unknown = [n for n in names if n not in SERVERS]
+    unknown = [n for n in names if n not in SERVERS and not n.startswith("ours@")]
     if unknown:
-        p.error(f"unknown server(s) {unknown}; known: {list(SERVERS)}")
-    specs = [SERVERS[n] for n in names]
+        p.error(f"unknown server(s) {unknown}; known: {list(SERVERS)} and ours@<git rev>")
+    specs = [servers.spec(n) for n in names]
     info = machine()
     load0 = procs.load_average()
     log(f"settings: {s}")

@@ -211,8 +211,43 @@ def _ours_env() -> dict[str, str]:
     return {"PYTHONPATH": f"{src}:{path}" if path else src}
 
 
-def ours_can_play() -> bool:
-    return (REPO / "src" / "rtmp2server" / "server" / "relay.py").exists()
+def ours_can_play(src: Path = REPO / "src") -> bool:
+    return (src / "rtmp2server" / "server" / "relay.py").exists()
+
+
+def ours_at(name: str) -> ServerSpec:
+    """`ours@REV` (or `ours@REV+uvloop`): our server as of git revision REV, exported once into
+    bench/.cache/revs/<commit>, so that what each change bought is measured side by side in
+    one run (`--servers nginx-rtmp,ours@HEAD~2,ours@HEAD~1,ours`)."""
+    rev = name.removeprefix("ours@")
+    uvloop = rev.endswith("+uvloop")
+    rev = rev.removesuffix("+uvloop")
+    sha = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", f"{rev}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    src = CACHE / "revs" / sha / "src"
+    if not src.exists():
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", sha, "src"], capture_output=True, check=True
+        ).stdout
+        src.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["tar", "-x", "-C", str(src.parent)], input=archive, check=True)
+
+    def env() -> dict[str, str]:
+        path = os.environ.get("PYTHONPATH")
+        return {"PYTHONPATH": f"{src}:{path}" if path else str(src)}
+
+    return ServerSpec(name, lambda: ours_can_play(src), _ours(uvloop), env=env)
+
+
+def spec(name: str) -> ServerSpec:
+    """A server by name: one of SERVERS, or `ours@REV` (see `ours_at`)."""
+    if name.startswith("ours@"):
+        return ours_at(name)
+    return SERVERS[name]
 
 
 def _have(path: Path, what: str) -> Callable[[], str | None]:

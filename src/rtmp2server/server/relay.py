@@ -66,6 +66,9 @@ DEFAULT_TRACK = 0
 _UNSET: Any = object()
 STREAM_EOF_DELAY = 0.25  # seconds between UnpublishNotify and User Control Stream EOF
 DISCONTINUITY = 1000  # ms a publisher's timestamp may go back before it counts as a restart
+_AVC_KEY = 0x17  # VideoTagHeader: keyframe (1) << 4 | AVC (7)
+_AVC_INTER = 0x27  # inter frame (2) << 4 | AVC
+_AAC = 10  # SoundFormat
 
 
 @dataclass
@@ -305,6 +308,30 @@ class Channel:
             self._on_data(msg)
             return
         is_video = t == VIDEO
+        payload = msg.payload
+        # The common case first, from the first two bytes: an H.264 frame (AVC NALU packet) or
+        # an AAC frame (raw packet): no configuration, no multitrack, keyframe or not.
+        if len(payload) > 4 and payload[1] == 1:
+            b0 = payload[0]
+            key: bool | None
+            if is_video:
+                key = True if b0 == _AVC_KEY else False if b0 == _AVC_INTER else None
+            else:
+                key = False if b0 >> 4 == _AAC else None
+            if key is not None:
+                entry = _Entry(msg, None)
+                if is_video:
+                    self.has_video = True
+                if self.relay.config.gop_cache:
+                    self._cache(entry, key)
+                if self.players:
+                    self._fan_out(entry, is_video, key, None)
+                return
+        self._on_media(msg, is_video)
+
+    def _on_media(self, msg: Message, is_video: bool) -> None:
+        """Any audio or video message: classified in full (the Enhanced RTMP path)."""
+        t = msg.type_id
         key = False
         hkeys: list[tuple[int, int, int]] | None = None
         info: VideoInfo | AudioInfo | None = None
