@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from hypothesis import given, settings
@@ -82,3 +83,47 @@ def test_round_trip(tags: list[tuple[int, int, bytes]]) -> None:
 def test_fuzz_reader_raises_only_flv_error(data: bytes) -> None:
     with contextlib.suppress(flv.FLVError):
         flv.parse_flv(b"FLV\x01\x05\x00\x00\x00\x09\x00\x00\x00\x00" + data)
+
+
+def test_batches_on_an_unbuffered_file_are_written_with_writev(tmp_path: Path) -> None:
+    # More tags than one writev takes (1024 pieces): the batch is split and nothing is lost.
+    path = tmp_path / "b.flv"
+    w = flv.FLVWriter(open(path, "wb", buffering=0), audio=True, video=True)  # noqa: SIM115
+    tags = [
+        flv.Tag(8 if i % 3 else 9, (i * 0x1234567) & 0xFFFFFFFF, bytes([i & 0xFF]) * (i % 50))
+        for i in range(1500)
+    ]
+    msgs = [Msg(t.tag_type, t.timestamp, t.body) for t in tags]
+    w.write_messages(msgs[:1])
+    w.write_messages(msgs[1:])
+    w.write_messages([])
+    w.close()
+    data = path.read_bytes()
+    assert len(data) == w.bytes_written
+    _header, got = flv.read_flv(data)
+    assert got == tags
+
+
+def test_short_writes_are_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "c.flv"
+    w = flv.FLVWriter(open(path, "wb", buffering=0), audio=True, video=True)  # noqa: SIM115
+    real = flv.os.writev
+
+    def short(fd: int, parts: list[bytes]) -> int:  # at most 7 bytes per call
+        return real(fd, [bytes(b"".join(parts)[:7])])
+
+    monkeypatch.setattr(flv.os, "writev", short)
+    w.write_messages([Msg(9, 40, b"\x17\x01" + bytes(30)), Msg(8, 41, b"\xaf\x01xyz")])
+    monkeypatch.undo()
+    w.close()
+    _header, got = flv.read_flv(path.read_bytes())
+    assert [(t.tag_type, t.timestamp, t.body) for t in got] == [
+        (9, 40, b"\x17\x01" + bytes(30)),
+        (8, 41, b"\xaf\x01xyz"),
+    ]
+
+
+class Msg(NamedTuple):
+    type_id: int
+    timestamp: int
+    payload: bytes

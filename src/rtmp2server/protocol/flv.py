@@ -8,10 +8,12 @@ messages map one to one onto FLV tags, so a tag body is an RTMP message payload 
 
 from __future__ import annotations
 
+import io
+import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple, Protocol
 
 from .errors import RemoteProtocolError
 
@@ -25,6 +27,11 @@ HEADER_SIZE = 9
 FLAGS_OFFSET = 4  # byte of the header that holds the audio/video flags
 
 _U32 = struct.Struct(">I")
+# Tag header as two words and the 3-byte stream id (0): type << 24 | size, and the lower 24
+# timestamp bits << 8 | TimestampExtended; with the previous tag's PreviousTagSize in front.
+_HEADER = struct.Struct(">IIxxx")
+_PREV_AND_HEADER = struct.Struct(">IIIxxx")
+_IOV_MAX = 1024
 _TAG_HEADER = struct.Struct(">BHBHBB3s")  # type, size(3)=H+B, ts(3)=H+B, ts_ext, stream id(3)
 
 
@@ -64,28 +71,78 @@ class FLVWriter:
     The header's audio/video flags are first set from what the caller expects (for example
     from onMetaData); `close()` rewrites them from what was really written, when the file is
     seekable, so the header always matches the stream.
+
+    On an unbuffered file (`open(path, "wb", buffering=0)`), `write_messages` writes a whole
+    batch of tags with one `os.writev`: the bodies go to the kernel as they are, uncopied,
+    and the tags are in the file when it returns.
     """
 
     def __init__(self, fileobj: BinaryIO, *, audio: bool = True, video: bool = True) -> None:
         self._f = fileobj
+        self._fd = fileobj.fileno() if isinstance(fileobj, io.FileIO) else None
         self._flags_written = (FLAG_AUDIO if audio else 0) | (FLAG_VIDEO if video else 0)
         self._seen = 0
-        self._f.write(file_header(audio=audio, video=video))
+        self._write([file_header(audio=audio, video=video)])
         self.tags = 0
         self.bytes_written = 13
 
     def write_tag(self, tag_type: int, timestamp: int, body: bytes) -> None:
-        size = len(body)
-        write = self._f.write
-        write(tag_header(tag_type, timestamp, size))
-        write(body)
-        write(_U32.pack(size + 11))
-        if tag_type == TAG_VIDEO:
-            self._seen |= FLAG_VIDEO
-        elif tag_type == TAG_AUDIO:
-            self._seen |= FLAG_AUDIO
-        self.tags += 1
-        self.bytes_written += size + 15
+        self.write_messages((_TagItem(tag_type, timestamp, body),))
+
+    def write_messages(self, msgs: Iterable[TagSource]) -> None:
+        """Append one tag per message (type id, timestamp and payload unchanged)."""
+        parts: list[bytes] = []
+        append = parts.append
+        pack = _PREV_AND_HEADER.pack
+        prev = -1
+        written = 0
+        seen = self._seen
+        for msg in msgs:
+            body = msg.payload
+            size = len(body)
+            tag_type = msg.type_id
+            ts = msg.timestamp
+            stamp = (ts & 0xFFFFFF) << 8 | (ts >> 24) & 0xFF
+            if prev < 0:
+                append(_HEADER.pack(tag_type << 24 | size, stamp))
+            else:
+                # The previous tag's PreviousTagSize and this tag's header in one piece.
+                append(pack(prev, tag_type << 24 | size, stamp))
+            append(body)
+            prev = size + 11
+            written += size + 15
+            if tag_type == TAG_VIDEO:
+                seen |= FLAG_VIDEO
+            elif tag_type == TAG_AUDIO:
+                seen |= FLAG_AUDIO
+        if prev < 0:
+            return
+        append(_U32.pack(prev))
+        self._write(parts)
+        self._seen = seen
+        self.tags += len(parts) // 2
+        self.bytes_written += written
+
+    def _write(self, parts: list[bytes]) -> None:
+        fd = self._fd
+        if fd is None:
+            for part in parts:
+                self._f.write(part)
+            return
+        while parts:
+            batch = parts[:_IOV_MAX]
+            done = os.writev(fd, batch)
+            total = sum(map(len, batch))
+            if done == total:
+                del parts[: len(batch)]
+                continue
+            # A short write (a signal, a full disk): drop what went out, go on from there.
+            i = 0
+            while done >= len(parts[i]):
+                done -= len(parts[i])
+                i += 1
+            parts[i] = parts[i][done:]
+            del parts[:i]
 
     def flush(self) -> None:
         self._f.flush()
@@ -100,6 +157,23 @@ class FLVWriter:
             f.write(bytes((self._seen,)))
             f.seek(end)
         f.close()
+
+
+class TagSource(Protocol):
+    """What `write_messages` needs of a message (an RTMP `Message` has it)."""
+
+    @property
+    def type_id(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def payload(self) -> bytes: ...
+
+
+class _TagItem(NamedTuple):
+    type_id: int
+    timestamp: int
+    payload: bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,6 @@ from .registry import Stream
 log = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+@,-]")
-WRITE_BUFFER = 256 * 1024
 
 
 def safe_component(name: str) -> str:
@@ -58,7 +57,8 @@ class Recorder:
         while True:
             path = recording_path(self.record_dir, stream.app, stream.name, time.time())
             try:
-                f = open(path, "xb", buffering=WRITE_BUFFER)  # noqa: SIM115 - closed in on_end
+                # Unbuffered: each read's tags go out with one writev (FLVWriter).
+                f = open(path, "xb", buffering=0)  # noqa: SIM115 - closed in on_end
             except FileExistsError:
                 continue
             break
@@ -68,14 +68,26 @@ class Recorder:
         return self._writer
 
     def on_message(self, stream: Stream, msg: Message) -> None:
-        if msg.type_id == DATA_AMF0 and msg.payload.startswith(ON_METADATA):
-            # One onMetaData per file, as nginx-rtmp records it: GStreamer's flvmux repeats
-            # it every second, and players read a later one as a data (subtitle) stream.
-            if self._metadata_written:
-                return
-            self._metadata_written = True
-        writer = self._writer or self._open(stream)
-        writer.write_tag(msg.type_id, msg.timestamp, msg.payload)
+        self.on_messages(stream, [msg])
+
+    def on_messages(self, stream: Stream, msgs: list[Message]) -> None:
+        for msg in msgs:
+            if msg.type_id == DATA_AMF0:
+                msgs = self._first_metadata_only(msgs)
+                break
+        (self._writer or self._open(stream)).write_messages(msgs)
+
+    def _first_metadata_only(self, msgs: list[Message]) -> list[Message]:
+        """One onMetaData per file, as nginx-rtmp records it: GStreamer's flvmux repeats it
+        every second, and players read a later one as a data (subtitle) stream."""
+        out = []
+        for msg in msgs:
+            if msg.type_id == DATA_AMF0 and msg.payload.startswith(ON_METADATA):
+                if self._metadata_written:
+                    continue
+                self._metadata_written = True
+            out.append(msg)
+        return out
 
     def on_end(self, stream: Stream) -> None:
         if self._writer is not None:

@@ -22,11 +22,31 @@ StreamKey = tuple[str, str]
 
 
 class Sink(Protocol):
-    """Receives a stream's messages (audio 8, video 9, AMF0 data 18) in order."""
+    """Receives a stream's messages (audio 8, video 9, AMF0 data 18) in order.
+
+    A sink may also define `on_messages(stream, msgs)`: it then gets what one read from the
+    publisher completed as one list (in order), instead of one `on_message` call per message.
+    """
 
     def on_message(self, stream: Stream, msg: Message) -> None: ...
 
     def on_end(self, stream: Stream) -> None: ...
+
+
+Receiver = Callable[["Stream", list[Message]], None]
+
+
+def _receiver(sink: Sink) -> Receiver:
+    batch: Receiver | None = getattr(sink, "on_messages", None)
+    if batch is not None:
+        return batch
+    one = sink.on_message
+
+    def each(stream: Stream, msgs: list[Message]) -> None:
+        for msg in msgs:
+            one(stream, msg)
+
+    return each
 
 
 @dataclass(eq=False)
@@ -60,29 +80,42 @@ class Stream:
     def duration(self) -> float:
         return time.monotonic() - self.started
 
+    def __post_init__(self) -> None:
+        self._receivers = [(sink, _receiver(sink)) for sink in self.sinks]
+
     def deliver(self, msg: Message) -> None:
-        """Count `msg` and hand it to every sink. A failing sink is detached and logged;
-        the publisher and the other sinks go on."""
-        type_id = msg.type_id
-        if type_id == VIDEO:
-            self.video_frames += 1
-        elif type_id == AUDIO:
-            self.audio_frames += 1
-        else:
-            self.data_messages += 1
-        self.bytes += len(msg.payload)
-        for sink in self.sinks:
+        """Count `msg` and hand it to every sink (see `deliver_all`)."""
+        self.deliver_all([msg])
+
+    def deliver_all(self, msgs: list[Message]) -> None:
+        """Count `msgs` and hand them to every sink, in order. A failing sink is detached and
+        logged; the publisher and the other sinks go on."""
+        video = audio = size = 0
+        for msg in msgs:
+            type_id = msg.type_id
+            if type_id == VIDEO:
+                video += 1
+            elif type_id == AUDIO:
+                audio += 1
+            size += len(msg.payload)
+        self.video_frames += video
+        self.audio_frames += audio
+        self.data_messages += len(msgs) - video - audio
+        self.bytes += size
+        for sink, receive in self._receivers:
             try:
-                sink.on_message(self, msg)
+                receive(self, msgs)
             except Exception:
                 log.exception("stream %s/%s: sink %r failed; detaching it", *self.key, sink)
                 self.remove_sink(sink)
 
     def add_sink(self, sink: Sink) -> None:
         self.sinks = [*self.sinks, sink]
+        self._receivers = [*self._receivers, (sink, _receiver(sink))]
 
     def remove_sink(self, sink: Sink) -> None:
         self.sinks = [s for s in self.sinks if s is not sink]
+        self._receivers = [r for r in self._receivers if r[0] is not sink]
 
     def end(self) -> None:
         if self.ended:

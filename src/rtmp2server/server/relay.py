@@ -303,31 +303,36 @@ class Channel:
             self.relay._forget(self)
 
     def on_message(self, stream: Stream, msg: Message) -> None:
-        t = msg.type_id
-        if t == DATA_AMF0:
-            self._on_data(msg)
-            return
-        is_video = t == VIDEO
-        payload = msg.payload
-        # The common case first, from the first two bytes: an H.264 frame (AVC NALU packet) or
-        # an AAC frame (raw packet): no configuration, no multitrack, keyframe or not.
-        if len(payload) > 4 and payload[1] == 1:
-            b0 = payload[0]
-            key: bool | None
-            if is_video:
-                key = True if b0 == _AVC_KEY else False if b0 == _AVC_INTER else None
-            else:
-                key = False if b0 >> 4 == _AAC else None
-            if key is not None:
-                entry = _Entry(msg, None)
+        self.on_messages(stream, [msg])
+
+    def on_messages(self, stream: Stream, msgs: list[Message]) -> None:
+        cache = self.relay.config.gop_cache
+        for msg in msgs:
+            t = msg.type_id
+            if t == DATA_AMF0:
+                self._on_data(msg)
+                continue
+            is_video = t == VIDEO
+            payload = msg.payload
+            # The common case first, from the first two bytes: an H.264 frame (AVC NALU
+            # packet) or an AAC frame (raw packet): no configuration, no multitrack.
+            if len(payload) > 4 and payload[1] == 1:
+                b0 = payload[0]
+                key: bool | None
                 if is_video:
-                    self.has_video = True
-                if self.relay.config.gop_cache:
-                    self._cache(entry, key)
-                if self.players:
-                    self._fan_out(entry, is_video, key, None)
-                return
-        self._on_media(msg, is_video)
+                    key = True if b0 == _AVC_KEY else False if b0 == _AVC_INTER else None
+                else:
+                    key = False if b0 >> 4 == _AAC else None
+                if key is not None:
+                    entry = _Entry(msg, None)
+                    if is_video:
+                        self.has_video = True
+                    if cache:
+                        self._cache(entry, key)
+                    if self.players:
+                        self._fan_out(entry, is_video, key, None)
+                    continue
+            self._on_media(msg, is_video)
 
     def _on_media(self, msg: Message, is_video: bool) -> None:
         """Any audio or video message: classified in full (the Enhanced RTMP path)."""

@@ -105,15 +105,31 @@ class Session(asyncio.Protocol):
         self.flush()
 
     def _dispatch(self, items: list[Any], *, events: bool = True) -> None:
-        """Media messages to their stream's sinks; events (unless `events` is False) acted on."""
+        """Media messages to their stream's sinks, a run of one stream's messages at once;
+        events (unless `events` is False) acted on in order with them."""
         published = self.published
+        run: list[Message] = []
+        target: Stream | None = None  # when set, `run` holds its next messages
         for item in items:
             if type(item) is Message:
                 stream = published.get(item.stream_id)
-                if stream is not None:
-                    stream.deliver(item)
-            elif events:
+                if stream is None:
+                    continue
+                if stream is not target:
+                    if target is not None:
+                        target.deliver_all(run)
+                    run = []
+                    target = stream
+                run.append(item)
+                continue
+            if target is not None:
+                target.deliver_all(run)
+                run = []
+                target = None
+            if events:
                 self._on_event(item)
+        if target is not None:
+            target.deliver_all(run)
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost follows
