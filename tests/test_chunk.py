@@ -481,3 +481,21 @@ def test_messages_before_bad_chunk_are_handed_out() -> None:
     assert isinstance(reader.error, RemoteProtocolError)
     with pytest.raises(RemoteProtocolError):
         reader.feed(good)
+
+
+def test_multi_chunk_message_is_handed_out_as_views_until_joined() -> None:
+    payload = bytes(range(256)) * 40  # 10240 bytes: 3 chunks of 4096
+    writer = ChunkWriter(128)
+    data = writer.write(2, 0, 1, 0, struct.pack(">I", 4096))
+    writer.set_chunk_size(4096)
+    data += writer.write(6, 1000, 9, 1, payload)
+    reader = ChunkReader()
+    _, msg = reader.feed(data[:5000]) + reader.feed(data[5000:])
+    assert msg.size == len(payload)
+    pieces = msg.pieces()
+    assert [type(p) for p in pieces] == [memoryview] * 3
+    assert b"".join(pieces) == payload
+    assert bytes(msg.head[:2]) == payload[:2]
+    assert msg.payload == payload and type(msg.payload) is bytes
+    assert msg.pieces() == [payload]  # joined once; the views are let go
+    assert msg.payload is msg.payload

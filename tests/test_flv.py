@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 from hypothesis import given, settings
@@ -93,7 +92,7 @@ def test_batches_on_an_unbuffered_file_are_written_with_writev(tmp_path: Path) -
         flv.Tag(8 if i % 3 else 9, (i * 0x1234567) & 0xFFFFFFFF, bytes([i & 0xFF]) * (i % 50))
         for i in range(1500)
     ]
-    msgs = [Msg(t.tag_type, t.timestamp, t.body) for t in tags]
+    msgs = [flv.TagItem(t.tag_type, t.timestamp, t.body) for t in tags]
     w.write_messages(msgs[:1])
     w.write_messages(msgs[1:])
     w.write_messages([])
@@ -113,7 +112,9 @@ def test_short_writes_are_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         return real(fd, [bytes(b"".join(parts)[:7])])
 
     monkeypatch.setattr(flv.os, "writev", short)
-    w.write_messages([Msg(9, 40, b"\x17\x01" + bytes(30)), Msg(8, 41, b"\xaf\x01xyz")])
+    w.write_messages(
+        [flv.TagItem(9, 40, b"\x17\x01" + bytes(30)), flv.TagItem(8, 41, b"\xaf\x01xyz")]
+    )
     monkeypatch.undo()
     w.close()
     _header, got = flv.read_flv(path.read_bytes())
@@ -121,9 +122,3 @@ def test_short_writes_are_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         (9, 40, b"\x17\x01" + bytes(30)),
         (8, 41, b"\xaf\x01xyz"),
     ]
-
-
-class Msg(NamedTuple):
-    type_id: int
-    timestamp: int
-    payload: bytes

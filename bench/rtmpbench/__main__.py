@@ -136,6 +136,8 @@ def run(
     headers = media.codec_headers(live)
     log(f"media: {big.name} {big_counts}, {live.name} {live_counts} ({live_from_key} from key)")
     results: report.Results = {spec.name: {} for spec in specs}
+    if only is None or "ingest" in only:
+        scenarios.warm_page_cache(s.work, 2 * s.ingest_repeat * big.stat().st_size)
     for r in range(s.runs):
         for spec in specs:
             res = results[spec.name]

@@ -9,7 +9,8 @@ Set Chunk Size and Abort. They take effect for the very next chunk, even inside 
 `ChunkReader.feed(data)` accepts any split of the byte stream, one byte at a time or a whole
 recording at once, and returns the messages completed so far. A chunk is consumed only once all
 of its bytes are there, so no state changes on a partial chunk; the remainder waits in one
-buffer. Payload pieces are joined once, when a message completes.
+buffer. A message of several chunks is handed out as views of the reads (`Message.pieces`),
+joined only if someone asks for its `payload`.
 
 `ChunkWriter.write(...)` returns the bytes of one message, with the smallest header the
 previous message on that chunk stream allows.
@@ -177,7 +178,9 @@ class ChunkReader:
                     cs.remaining = remaining
                     if remaining:
                         continue
-                    msg = Message(csid, cs.timestamp, cs.type_id, cs.stream_id, b"".join(cs.parts))
+                    msg = Message.from_pieces(
+                        csid, cs.timestamp, cs.type_id, cs.stream_id, cs.parts, cs.length
+                    )
                     cs.parts = []
                     if msg.type_id < 3:
                         chunk_size = self._control(msg)

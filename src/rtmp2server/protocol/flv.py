@@ -87,19 +87,18 @@ class FLVWriter:
         self.bytes_written = 13
 
     def write_tag(self, tag_type: int, timestamp: int, body: bytes) -> None:
-        self.write_messages((_TagItem(tag_type, timestamp, body),))
+        self.write_messages((TagItem(tag_type, timestamp, body),))
 
     def write_messages(self, msgs: Iterable[TagSource]) -> None:
         """Append one tag per message (type id, timestamp and payload unchanged)."""
-        parts: list[bytes] = []
+        parts: list[bytes | memoryview] = []
         append = parts.append
         pack = _PREV_AND_HEADER.pack
         prev = -1
-        written = 0
+        written = count = 0
         seen = self._seen
         for msg in msgs:
-            body = msg.payload
-            size = len(body)
+            size = msg.size
             tag_type = msg.type_id
             ts = msg.timestamp
             stamp = (ts & 0xFFFFFF) << 8 | (ts >> 24) & 0xFF
@@ -108,9 +107,10 @@ class FLVWriter:
             else:
                 # The previous tag's PreviousTagSize and this tag's header in one piece.
                 append(pack(prev, tag_type << 24 | size, stamp))
-            append(body)
+            parts += msg.pieces()
             prev = size + 11
             written += size + 15
+            count += 1
             if tag_type == TAG_VIDEO:
                 seen |= FLAG_VIDEO
             elif tag_type == TAG_AUDIO:
@@ -120,10 +120,10 @@ class FLVWriter:
         append(_U32.pack(prev))
         self._write(parts)
         self._seen = seen
-        self.tags += len(parts) // 2
+        self.tags += count
         self.bytes_written += written
 
-    def _write(self, parts: list[bytes]) -> None:
+    def _write(self, parts: list[bytes | memoryview]) -> None:
         fd = self._fd
         if fd is None:
             for part in parts:
@@ -167,13 +167,23 @@ class TagSource(Protocol):
     @property
     def timestamp(self) -> int: ...
     @property
-    def payload(self) -> bytes: ...
+    def size(self) -> int: ...
+    def pieces(self) -> list[memoryview] | list[bytes]: ...
 
 
-class _TagItem(NamedTuple):
+class TagItem(NamedTuple):
+    """A tag to write from a whole body."""
+
     type_id: int
     timestamp: int
     payload: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.payload)
+
+    def pieces(self) -> list[bytes]:
+        return [self.payload]
 
 
 @dataclass(frozen=True, slots=True)

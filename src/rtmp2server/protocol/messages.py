@@ -70,11 +70,16 @@ class Message:
     """One complete RTMP message.
 
     A plain class with `__slots__` rather than a dataclass: one is made per audio/video frame,
-    so construction cost matters. `payload` is immutable `bytes`, joined once when the last
-    chunk arrived. `timestamp` is the absolute 32-bit message timestamp in milliseconds.
+    so construction cost matters. `timestamp` is the absolute 32-bit message timestamp in
+    milliseconds, `size` the payload length.
+
+    `payload` is immutable `bytes`. A message the chunk reader reassembled from several chunks
+    arrives as `pieces` (views of the bytes read from the socket) and is joined into one
+    `bytes` only when someone asks for `payload`: the recorder writes the pieces as they are,
+    so a frame that is only recorded is never copied in user space.
     """
 
-    __slots__ = ("csid", "payload", "stream_id", "timestamp", "type_id")
+    __slots__ = ("_parts", "_payload", "csid", "size", "stream_id", "timestamp", "type_id")
 
     def __init__(
         self, csid: int, timestamp: int, type_id: int, stream_id: int, payload: bytes
@@ -83,7 +88,54 @@ class Message:
         self.timestamp = timestamp
         self.type_id = type_id
         self.stream_id = stream_id
-        self.payload = payload
+        self.size = len(payload)
+        self._payload: bytes | None = payload
+        self._parts: list[memoryview] | None = None
+
+    @classmethod
+    def from_pieces(
+        cls,
+        csid: int,
+        timestamp: int,
+        type_id: int,
+        stream_id: int,
+        parts: list[memoryview],
+        size: int,
+    ) -> Message:
+        """A message whose payload is the concatenation of `parts` (read-only buffers that
+        nobody changes), `size` bytes in all."""
+        msg = cls.__new__(cls)
+        msg.csid = csid
+        msg.timestamp = timestamp
+        msg.type_id = type_id
+        msg.stream_id = stream_id
+        msg.size = size
+        msg._payload = None
+        msg._parts = parts
+        return msg
+
+    @property
+    def payload(self) -> bytes:
+        payload = self._payload
+        if payload is None:
+            # Safe from two threads at once: each joins its own reference to the parts.
+            parts = self._parts
+            if parts is None:  # another thread finished the join in between
+                return self._payload  # type: ignore[return-value]
+            payload = self._payload = b"".join(parts)
+            self._parts = None
+        return payload
+
+    @property
+    def head(self) -> bytes | memoryview:
+        """The first bytes of the payload (at least one chunk's worth), without a join."""
+        parts = self._parts
+        return self._payload if parts is None else parts[0]  # type: ignore[return-value]
+
+    def pieces(self) -> list[memoryview] | list[bytes]:
+        """The payload as buffers to write in order (one `bytes` once it was joined)."""
+        parts = self._parts
+        return [self.payload] if parts is None else parts
 
     def __repr__(self) -> str:
         return (

@@ -97,7 +97,7 @@ class Stream:
                 video += 1
             elif type_id == AUDIO:
                 audio += 1
-            size += len(msg.payload)
+            size += msg.size
         self.video_frames += video
         self.audio_frames += audio
         self.data_messages += len(msgs) - video - audio

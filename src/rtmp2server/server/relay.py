@@ -313,11 +313,11 @@ class Channel:
                 self._on_data(msg)
                 continue
             is_video = t == VIDEO
-            payload = msg.payload
+            head = msg.head
             # The common case first, from the first two bytes: an H.264 frame (AVC NALU
             # packet) or an AAC frame (raw packet): no configuration, no multitrack.
-            if len(payload) > 4 and payload[1] == 1:
-                b0 = payload[0]
+            if msg.size > 4 and len(head) > 1 and head[1] == 1:
+                b0 = head[0]
                 key: bool | None
                 if is_video:
                     key = True if b0 == _AVC_KEY else False if b0 == _AVC_INTER else None
@@ -392,14 +392,14 @@ class Channel:
             self.gop = [entry]
             # Decoder configuration as of this keyframe (metadata is sent as of the join).
             self.gop_headers = _unique(e for k, e in self.headers.items() if k != _METADATA_KEY)
-            self.gop_bytes = len(entry.msg.payload)
+            self.gop_bytes = entry.msg.size
             self.gop_min_ts = entry.msg.timestamp
             self.caching = True
             return
         if not self.caching:
             return
         self.gop.append(entry)
-        self.gop_bytes += len(entry.msg.payload)
+        self.gop_bytes += entry.msg.size
         ts = entry.msg.timestamp
         if (ts - self.gop_min_ts) & _MASK >= _HALF:
             self.gop_min_ts = ts
