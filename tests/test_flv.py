@@ -122,3 +122,21 @@ def test_short_writes_are_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         (9, 40, b"\x17\x01" + bytes(30)),
         (8, 41, b"\xaf\x01xyz"),
     ]
+
+
+def test_buffered_writer_holds_small_batches_until_the_threshold(tmp_path: Path) -> None:
+    path = tmp_path / "d.flv"
+    w = flv.FLVWriter(open(path, "wb", buffering=0), buffer_size=100)  # noqa: SIM115
+    w.write_messages([flv.TagItem(8, 0, b"\xaf\x01" + bytes(30))])  # 47 bytes: held
+    assert path.stat().st_size == 13
+    w.write_messages([flv.TagItem(8, 23, b"\xaf\x01" + bytes(60))])  # 47 + 77 >= 100: out
+    assert path.stat().st_size == 13 + 47 + 77
+    w.write_messages([flv.TagItem(9, 40, b"\x17\x01" + bytes(200))])  # big: straight out
+    assert path.stat().st_size == w.bytes_written
+    w.write_messages([flv.TagItem(8, 46, b"\xaf\x01x")])
+    w.flush()
+    assert path.stat().st_size == w.bytes_written
+    w.write_messages([flv.TagItem(8, 69, b"\xaf\x01y")])
+    w.close()
+    _header, tags = flv.read_flv(path.read_bytes())
+    assert [t.timestamp for t in tags] == [0, 23, 40, 46, 69]

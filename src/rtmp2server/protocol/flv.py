@@ -72,14 +72,25 @@ class FLVWriter:
     from onMetaData); `close()` rewrites them from what was really written, when the file is
     seekable, so the header always matches the stream.
 
-    On an unbuffered file (`open(path, "wb", buffering=0)`), `write_messages` writes a whole
-    batch of tags with one `os.writev`: the bodies go to the kernel as they are, uncopied,
-    and the tags are in the file when it returns.
+    On an unbuffered file (`open(path, "wb", buffering=0)`), tags go out with `os.writev`:
+    the bodies reach the kernel as they are, uncopied. With `buffer_size`, tags are held
+    until that many bytes are waiting (or `flush()`/`close()`), so a slow stream does not
+    cost a system call per frame; with 0 each `write_messages` call is written at once.
     """
 
-    def __init__(self, fileobj: BinaryIO, *, audio: bool = True, video: bool = True) -> None:
+    def __init__(
+        self,
+        fileobj: BinaryIO,
+        *,
+        audio: bool = True,
+        video: bool = True,
+        buffer_size: int = 0,
+    ) -> None:
         self._f = fileobj
         self._fd = fileobj.fileno() if isinstance(fileobj, io.FileIO) else None
+        self.buffer_size = buffer_size
+        self._queue: list[bytes | memoryview] = []
+        self._queued = 0
         self._flags_written = (FLAG_AUDIO if audio else 0) | (FLAG_VIDEO if video else 0)
         self._seen = 0
         self._write([file_header(audio=audio, video=video)])
@@ -118,10 +129,16 @@ class FLVWriter:
         if prev < 0:
             return
         append(_U32.pack(prev))
-        self._write(parts)
         self._seen = seen
         self.tags += count
         self.bytes_written += written
+        if self._queue or written < self.buffer_size:
+            self._queue += parts
+            self._queued += written
+            if self._queued >= self.buffer_size:
+                self.flush()
+        else:
+            self._write(parts)
 
     def _write(self, parts: list[bytes | memoryview]) -> None:
         fd = self._fd
@@ -145,13 +162,19 @@ class FLVWriter:
             del parts[:i]
 
     def flush(self) -> None:
+        """Write the tags held back, then flush the file object."""
+        if self._queue:
+            queue = self._queue
+            self._queue = []
+            self._queued = 0
+            self._write(queue)
         self._f.flush()
 
     def close(self) -> None:
         """Fix the header flags if the stream differed from the guess, then close the file."""
+        self.flush()
         f = self._f
         if self._seen != self._flags_written and f.seekable():
-            f.flush()
             end = f.tell()
             f.seek(FLAGS_OFFSET)
             f.write(bytes((self._seen,)))
