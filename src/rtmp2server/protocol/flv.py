@@ -32,7 +32,6 @@ _U32 = struct.Struct(">I")
 _HEADER = struct.Struct(">IIxxx")
 _PREV_AND_HEADER = struct.Struct(">IIIxxx")
 _IOV_MAX = 1024
-_TAG_HEADER = struct.Struct(">BHBHBB3s")  # type, size(3)=H+B, ts(3)=H+B, ts_ext, stream id(3)
 
 
 class FLVError(RemoteProtocolError):
@@ -45,18 +44,14 @@ def file_header(*, audio: bool, video: bool) -> bytes:
     return b"FLV\x01" + bytes((flags,)) + _U32.pack(HEADER_SIZE) + b"\x00\x00\x00\x00"
 
 
+def _stamp(timestamp: int) -> int:
+    """The tag header's second word: the lower 24 timestamp bits, then TimestampExtended."""
+    return (timestamp & 0xFFFFFF) << 8 | (timestamp >> 24) & 0xFF
+
+
 def tag_header(tag_type: int, timestamp: int, size: int) -> bytes:
     """The 11-byte tag header; the timestamp's upper 8 bits go in TimestampExtended."""
-    timestamp &= 0xFFFFFFFF
-    return _TAG_HEADER.pack(
-        tag_type,
-        size >> 8,
-        size & 0xFF,
-        (timestamp >> 8) & 0xFFFF,
-        timestamp & 0xFF,
-        timestamp >> 24,
-        b"\x00\x00\x00",
-    )
+    return _HEADER.pack(tag_type << 24 | size, _stamp(timestamp))
 
 
 def tag(tag_type: int, timestamp: int, body: bytes) -> bytes:
@@ -111,8 +106,7 @@ class FLVWriter:
         for msg in msgs:
             size = msg.size
             tag_type = msg.type_id
-            ts = msg.timestamp
-            stamp = (ts & 0xFFFFFF) << 8 | (ts >> 24) & 0xFF
+            stamp = _stamp(msg.timestamp)
             if prev < 0:
                 append(_HEADER.pack(tag_type << 24 | size, stamp))
             else:
