@@ -33,22 +33,6 @@ class Sink(Protocol):
     def on_end(self, stream: Stream) -> None: ...
 
 
-Receiver = Callable[["Stream", list[Message]], None]
-
-
-def _receiver(sink: Sink) -> Receiver:
-    batch: Receiver | None = getattr(sink, "on_messages", None)
-    if batch is not None:
-        return batch
-    one = sink.on_message
-
-    def each(stream: Stream, msgs: list[Message]) -> None:
-        for msg in msgs:
-            one(stream, msg)
-
-    return each
-
-
 @dataclass(eq=False)
 class Stream:
     """One live publish."""
@@ -80,9 +64,6 @@ class Stream:
     def duration(self) -> float:
         return time.monotonic() - self.started
 
-    def __post_init__(self) -> None:
-        self._receivers = [(sink, _receiver(sink)) for sink in self.sinks]
-
     def deliver(self, msg: Message) -> None:
         """Count `msg` and hand it to every sink (see `deliver_all`)."""
         self.deliver_all([msg])
@@ -102,20 +83,23 @@ class Stream:
         self.audio_frames += audio
         self.data_messages += len(msgs) - video - audio
         self.bytes += size
-        for sink, receive in self._receivers:
+        for sink in self.sinks:
             try:
-                receive(self, msgs)
+                batch = getattr(sink, "on_messages", None)
+                if batch is not None:
+                    batch(self, msgs)
+                else:
+                    for msg in msgs:
+                        sink.on_message(self, msg)
             except Exception:
                 log.exception("stream %s/%s: sink %r failed; detaching it", *self.key, sink)
                 self.remove_sink(sink)
 
     def add_sink(self, sink: Sink) -> None:
         self.sinks = [*self.sinks, sink]
-        self._receivers = [*self._receivers, (sink, _receiver(sink))]
 
     def remove_sink(self, sink: Sink) -> None:
         self.sinks = [s for s in self.sinks if s is not sink]
-        self._receivers = [r for r in self._receivers if r[0] is not sink]
 
     def end(self) -> None:
         if self.ended:
