@@ -205,10 +205,9 @@ def _ours(uvloop: bool) -> Callable[[Path, int, Path], list[str]]:
     return command
 
 
-def _ours_env() -> dict[str, str]:
+def _ours_env(src: Path = REPO / "src") -> dict[str, str]:
     path = os.environ.get("PYTHONPATH")
-    src = str(REPO / "src")
-    return {"PYTHONPATH": f"{src}:{path}" if path else src}
+    return {"PYTHONPATH": f"{src}:{path}" if path else str(src)}
 
 
 def ours_can_play(src: Path = REPO / "src") -> bool:
@@ -236,11 +235,7 @@ def ours_at(name: str) -> ServerSpec:
         src.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(["tar", "-x", "-C", str(src.parent)], input=archive, check=True)
 
-    def env() -> dict[str, str]:
-        path = os.environ.get("PYTHONPATH")
-        return {"PYTHONPATH": f"{src}:{path}" if path else str(src)}
-
-    return ServerSpec(name, lambda: ours_can_play(src), _ours(uvloop), env=env)
+    return ServerSpec(name, lambda: ours_can_play(src), _ours(uvloop), env=lambda: _ours_env(src))
 
 
 def spec(name: str) -> ServerSpec:
