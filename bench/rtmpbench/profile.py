@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from . import media, micro, procs
-from .servers import REPO
+from .servers import REPO, ours_args
 
 _SERVER = "import sys; sys.modules['uvloop'] = None\nfrom rtmp2server.cli import main\n{wrap}"
 _PLAIN = "sys.exit(main(sys.argv[1:]))\n"
@@ -34,14 +34,7 @@ def _start(work: Path, wrap: str, extra: list[str]) -> tuple[subprocess.Popen[by
         "-c",
         _SERVER.format(wrap=wrap),
         *extra,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--record-dir",
-        str(rec),
-        "--log-level",
-        "warning",
+        *ours_args(port, rec),
     ]
     env_path = str(REPO / "src")
     proc = subprocess.Popen(

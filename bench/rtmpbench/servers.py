@@ -186,18 +186,15 @@ def _pyrtmp(work: Path, port: int, rec: Path) -> list[str]:
     ]
 
 
+def ours_args(port: int, rec: Path) -> list[str]:
+    """rtmp2-server's arguments for a bench run: loopback, `port`, recording to `rec`."""
+    host = ["--host", "127.0.0.1", "--port", str(port)]
+    return [*host, "--record-dir", str(rec), "--log-level", "warning"]
+
+
 def _ours(uvloop: bool) -> Callable[[Path, int, Path], list[str]]:
     def command(work: Path, port: int, rec: Path) -> list[str]:
-        args = [
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--record-dir",
-            str(rec),
-            "--log-level",
-            "warning",
-        ]
+        args = ours_args(port, rec)
         if uvloop:
             return [sys.executable, "-m", "rtmp2server", *args]
         return [sys.executable, "-c", _BLOCK_UVLOOP, *args]
