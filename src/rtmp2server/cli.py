@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .logs import get_logger
 from .server import RTMPServer, ServerConfig
 from .server.relay import RelayConfig
+from .server.server import raise_fd_limit
 
-log = logging.getLogger("rtmp2server")
+log = get_logger("rtmp2server")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,11 +41,54 @@ def build_parser() -> argparse.ArgumentParser:
         default=16 * 1024 * 1024,
         help="largest RTMP message accepted, in bytes (default 16 MiB)",
     )
+    d = ServerConfig()
+    p.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=d.handshake_timeout,
+        help="seconds from accept to a complete connect, however the peer paces its bytes "
+        f"(default {d.handshake_timeout:g})",
+    )
+    p.add_argument(
+        "--start-timeout",
+        type=float,
+        default=d.start_timeout,
+        help="seconds from accept to the first publish or play; 0: no deadline "
+        f"(default {d.start_timeout:g})",
+    )
     p.add_argument(
         "--idle-timeout",
         type=float,
-        default=30.0,
-        help="close a publisher that sends nothing for this many seconds (0: never)",
+        default=d.idle_timeout,
+        help="close a connection that completes no message for this many seconds, unless it "
+        f"plays (0: never; default {d.idle_timeout:g})",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=d.max_connections,
+        help=f"connections at once (default {d.max_connections}; less if the fd limit is lower)",
+    )
+    p.add_argument(
+        "--max-connections-per-ip",
+        type=int,
+        default=d.max_connections_per_ip,
+        help=f"connections at once from one address; 0: no limit "
+        f"(default {d.max_connections_per_ip})",
+    )
+    p.add_argument(
+        "--max-name-length",
+        type=int,
+        default=d.max_name_length,
+        help="longest app or stream name accepted, in characters; longer ones are refused "
+        f"(default {d.max_name_length})",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=d.drain_timeout,
+        help="on SIGTERM, seconds to wait for publishers asked to reconnect (Enhanced RTMP v2 "
+        f"Reconnect Request) before closing them (default {d.drain_timeout:g})",
     )
     relay = RelayConfig()
     p.add_argument("--no-play", action="store_true", help="refuse play requests (no relay)")
@@ -92,7 +137,13 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         record_dir=None if args.no_record else args.record_dir,
         chunk_size=args.chunk_size,
         max_message_size=args.max_message_size,
+        handshake_timeout=args.handshake_timeout,
+        start_timeout=args.start_timeout,
         idle_timeout=args.idle_timeout,
+        max_connections=args.max_connections,
+        max_connections_per_ip=args.max_connections_per_ip,
+        max_name_length=args.max_name_length,
+        drain_timeout=args.drain_timeout,
         relay=None
         if args.no_play
         else RelayConfig(
@@ -115,11 +166,21 @@ async def run(config: ServerConfig) -> int:
             file=sys.stderr,
         )
         return 1
+    log.info("accepting up to %d connections", server.max_connections())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    signals: list[signal.Signals] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        signals.append(sig)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     await stop.wait()
+    if signals[0] == signal.SIGTERM:
+        # Graceful maintenance: publishers that can reconnect are asked to, first.
+        await server.drain()
     log.info("shutting down: closing %d connection(s)", len(server.sessions))
     await server.close()
     return 0
@@ -133,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     config = config_from_args(args)
+    before, after = raise_fd_limit()
+    if after != before:
+        log.info("open file limit raised from %d to %d", before, after)
     try:
         import uvloop  # optional speed-up
 

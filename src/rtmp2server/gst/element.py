@@ -20,7 +20,6 @@ buffer went downstream.
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
 from collections import deque
@@ -35,6 +34,7 @@ from gi.repository import GLib, GObject, Gst, GstBase  # noqa: E402
 if not Gst.is_initialized():  # imported by an application rather than the plugin loader
     Gst.init(None)
 
+from ..logs import get_logger  # noqa: E402
 from ..protocol.messages import Message  # noqa: E402
 from . import shared  # noqa: E402
 from .feed import (  # noqa: E402
@@ -47,7 +47,7 @@ from .feed import (  # noqa: E402
     PublishStarted,
 )
 
-log = logging.getLogger("rtmp2server.gst")
+log = get_logger("rtmp2server.gst")
 
 ELEMENT_NAME: Final = "rtmp2serversrc"
 START_MESSAGE: Final = "rtmp2serversrc-publish-start"

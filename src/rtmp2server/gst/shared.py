@@ -25,17 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from ..logs import get_logger
 from ..protocol.messages import Message
 from ..server import RTMPServer, ServerConfig
 from ..server.registry import Stream
 from .feed import Feed, PublishEnded, PublishInfo, PublishStarted
 
-log = logging.getLogger("rtmp2server.gst")
+log = get_logger("rtmp2server.gst")
 
 T = TypeVar("T")
 

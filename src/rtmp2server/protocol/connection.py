@@ -14,12 +14,12 @@ nginx-rtmp and SRS answer them, because ffmpeg, OBS, GStreamer and librtmp track
 
 from __future__ import annotations
 
-import logging
 import struct
 from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
+from ..logs import get_logger
 from . import amf0, enhanced
 from .chunk import DEFAULT_MAX_MESSAGE_SIZE, ChunkReader, ChunkWriter
 from .errors import AMFError, LocalProtocolError, RemoteProtocolError
@@ -56,7 +56,7 @@ from .messages import (
     user_control_body,
 )
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # Chunk stream ids we send on (nginx-rtmp's choice).
 CSID_CONTROL = 2
@@ -79,8 +79,39 @@ class State(Enum):
     CLOSED = "closed"
 
 
+class StreamState(Enum):
+    """Where one message stream (a `createStream` id) stands, as the owner sees it."""
+
+    IDLE = "idle"
+    PUBLISH_PENDING = "publish-pending"  # `publish` arrived, the owner has not answered
+    PUBLISHING = "publishing"
+    PLAY_PENDING = "play-pending"
+    PLAYING = "playing"
+
+
+# (state, owner decision) -> next state. A decision that does not fit the state is a bug of
+# the owner (an answer given twice, or for a stream that closed meanwhile): h11's way.
+_DECISIONS: dict[tuple[StreamState, str], StreamState] = {
+    (StreamState.PUBLISH_PENDING, "accept_publish"): StreamState.PUBLISHING,
+    (StreamState.PUBLISH_PENDING, "reject_publish"): StreamState.IDLE,
+    (StreamState.PLAY_PENDING, "accept_play"): StreamState.PLAYING,
+    (StreamState.PLAY_PENDING, "reject_play"): StreamState.IDLE,
+    (StreamState.PLAYING, "end_play"): StreamState.IDLE,
+    (StreamState.PUBLISHING, "end_publish"): StreamState.IDLE,
+}
+
+_Handler = Callable[["ServerConnection", float, Any, list[Any], int, list["Event | Message"]], None]
+
+
 class ServerConnection:
-    """One RTMP connection, server side. Feed bytes in, take events and bytes out."""
+    """One RTMP connection, server side. Feed bytes in, take events and bytes out.
+
+    Each message stream has a `StreamState`. Media and data on a stream whose `publish` is
+    pending come out like those of a publishing stream, in order after the `PublishRequest`,
+    so that an owner that decides later (an HTTP callback) can hold them and nothing a
+    client sends straight after `publish` is lost; `accept_*`/`reject_*` are legal only while
+    the request is pending and raise `LocalProtocolError` otherwise.
+    """
 
     def __init__(
         self,
@@ -113,6 +144,10 @@ class ServerConnection:
         self.connect_object: dict[str, Any] = {}
         # What the client announced of Enhanced RTMP in connect (fourCcList, capsEx, ...).
         self.capabilities = enhanced.NO_CAPABILITIES
+        self.stream_states: dict[int, StreamState] = {}
+        # Derived from `stream_states`, for the per-message checks: streams whose media and
+        # data come out (publish pending or publishing), and streams being played.
+        self._media_in: set[int] = set()
         self.publishing: set[int] = set()
         self.playing: set[int] = set()
         self._next_stream_id = 1
@@ -120,30 +155,6 @@ class ServerConnection:
         # Extra properties merged into connect's `_result` command object; a hook for
         # capability negotiation (Enhanced RTMP) filled in by `on_connect` if set.
         self.on_connect: Callable[[dict[str, Any]], dict[str, Any]] | None = None
-        self._commands: dict[str, Callable[[float, Any, list[Any], int, list[ReceivedItem]], None]]
-        self._commands = {
-            "connect": self._cmd_connect,
-            "createStream": self._cmd_create_stream,
-            "releaseStream": self._cmd_release_stream,
-            "FCPublish": self._cmd_fc_publish,
-            "FCUnpublish": self._cmd_fc_unpublish,
-            "publish": self._cmd_publish,
-            "play": self._cmd_play,
-            "closeStream": self._cmd_close_stream,
-            "deleteStream": self._cmd_delete_stream,
-            "pause": self._cmd_pause,
-            "pauseRaw": self._cmd_pause,
-            "receiveAudio": self._cmd_receive_audio,
-            "receiveVideo": self._cmd_receive_video,
-            "getStreamLength": self._cmd_get_stream_length,
-            "FCSubscribe": self._cmd_fc_subscribe,
-            "FCUnsubscribe": self._cmd_ignore,
-            "_checkbw": self._cmd_checkbw,
-            "_result": self._cmd_ignore,
-            "_error": self._cmd_ignore,
-            "onBWDone": self._cmd_ignore,
-            "onStatus": self._cmd_ignore,
-        }
 
     # --- input ---------------------------------------------------------------------------
 
@@ -176,7 +187,7 @@ class ServerConnection:
             for msg in self._reader.feed(data):
                 type_id = msg.type_id
                 if type_id in (VIDEO, AUDIO):
-                    if msg.stream_id in self.publishing:
+                    if msg.stream_id in self._media_in:
                         items.append(msg)
                 elif type_id in (DATA_AMF0, DATA_AMF3):
                     self._on_data(msg, items)
@@ -244,9 +255,37 @@ class ServerConnection:
 
     # --- owner decisions -----------------------------------------------------------------
 
+    def stream_state(self, stream_id: int) -> StreamState:
+        return self.stream_states.get(stream_id, StreamState.IDLE)
+
+    def _set_stream_state(self, stream_id: int, state: StreamState) -> None:
+        """The one place a message stream changes state; the derived sets follow it."""
+        if state is StreamState.IDLE:
+            self.stream_states.pop(stream_id, None)
+        else:
+            self.stream_states[stream_id] = state
+        for members, states in (
+            (self._media_in, (StreamState.PUBLISH_PENDING, StreamState.PUBLISHING)),
+            (self.publishing, (StreamState.PUBLISHING,)),
+            (self.playing, (StreamState.PLAYING,)),
+        ):
+            if state in states:
+                members.add(stream_id)
+            else:
+                members.discard(stream_id)
+
+    def _decide(self, stream_id: int, decision: str) -> None:
+        state = self.stream_state(stream_id)
+        new = _DECISIONS.get((state, decision))
+        if new is None:
+            raise LocalProtocolError(
+                f"{decision}() on message stream {stream_id} in state {state.value}"
+            )
+        self._set_stream_state(stream_id, new)
+
     def accept_publish(self, request: PublishRequest) -> None:
         sid = request.stream_id
-        self.publishing.add(sid)
+        self._decide(sid, "accept_publish")
         self.send_user_control(UserControlEvent.STREAM_BEGIN, sid)
         self.send_status(
             sid,
@@ -262,11 +301,20 @@ class ServerConnection:
         description: str,
         code: str = "NetStream.Publish.BadName",
     ) -> None:
+        self._decide(request.stream_id, "reject_publish")
         self.send_status(request.stream_id, "error", code, description)
+
+    def end_publish(self, stream_id: int, description: str = "") -> None:
+        """The owner ends a publish (kicked, replaced, shut down): the client is told with
+        NetStream.Unpublish.Success, and later media on the stream is ignored."""
+        self._decide(stream_id, "end_publish")
+        self.send_status(
+            stream_id, "status", "NetStream.Unpublish.Success", description or "Unpublished."
+        )
 
     def accept_play(self, request: PlayRequest) -> None:
         sid = request.stream_id
-        self.playing.add(sid)
+        self._decide(sid, "accept_play")
         self.send_user_control(UserControlEvent.STREAM_IS_RECORDED, sid)
         self.send_user_control(UserControlEvent.STREAM_BEGIN, sid)
         if request.reset:
@@ -298,12 +346,33 @@ class ServerConnection:
         description: str,
         code: str = "NetStream.Play.StreamNotFound",
     ) -> None:
+        self._decide(request.stream_id, "reject_play")
         self.send_status(request.stream_id, "error", code, description, details=request.name)
+
+    def end_play(self, stream_id: int) -> None:
+        """The owner stopped playing to `stream_id` (it already told the client why)."""
+        self._decide(stream_id, "end_play")
+
+    def request_reconnect(self, description: str, tc_url: str | None = None) -> bool:
+        """Enhanced RTMP v2 Reconnect Request: ask the client to reconnect (to `tc_url`, or to
+        the same URL) without dropping its stream. Sent only to a client that announced the
+        capability in `capsEx`; returns whether it was sent."""
+        if not self.capabilities.caps_ex & enhanced.CapsEx.RECONNECT:
+            return False
+        info: dict[str, Any] = {
+            "level": "status",
+            "code": "NetConnection.Connect.ReconnectRequest",
+            "description": description,
+        }
+        if tc_url:
+            info["tcUrl"] = tc_url
+        self.send_command(0, "onStatus", 0.0, None, info)
+        return True
 
     # --- message handlers ----------------------------------------------------------------
 
     def _on_data(self, msg: Message, items: list[ReceivedItem]) -> None:
-        if msg.stream_id not in self.publishing:
+        if msg.stream_id not in self._media_in:
             return
         payload = msg.payload
         if msg.type_id == DATA_AMF3:
@@ -340,7 +409,7 @@ class ServerConnection:
                 body[pos + 11 : end],
             )
             if sub.type_id in (AUDIO, VIDEO):
-                if sub.stream_id in self.publishing:
+                if sub.stream_id in self._media_in:
                     items.append(sub)
             elif sub.type_id == DATA_AMF0:
                 self._on_data(sub, items)
@@ -390,7 +459,7 @@ class ServerConnection:
         args = values[3:]
         if self.state is State.AWAIT_CONNECT and name != "connect":
             raise RemoteProtocolError(f"command {name!r} before connect, expected 'connect'")
-        handler = self._commands.get(name)
+        handler = _COMMANDS.get(name)
         if handler is None:
             if tid:
                 self.send_command(
@@ -406,7 +475,7 @@ class ServerConnection:
                 )
             items.append(CommandReceived(name, float(tid), msg.stream_id, tuple(values[2:])))
             return
-        handler(float(tid), cmd_obj, args, msg.stream_id, items)
+        handler(self, float(tid), cmd_obj, args, msg.stream_id, items)
 
     # --- commands ------------------------------------------------------------------------
 
@@ -516,8 +585,12 @@ class ServerConnection:
             )
         name, query = split_query(args[0])
         ptype = args[1] if len(args) > 1 and isinstance(args[1], str) else "live"
-        if sid in self.publishing:
-            raise RemoteProtocolError(f"publish on stream {sid} that already publishes")
+        state = self.stream_state(sid)
+        if state is not StreamState.IDLE:
+            raise RemoteProtocolError(
+                f"publish on message stream {sid} in state {state.value}, expected an idle stream"
+            )
+        self._set_stream_state(sid, StreamState.PUBLISH_PENDING)
         items.append(PublishRequest(sid, name, query, ptype, tid))
 
     def _cmd_play(
@@ -533,13 +606,19 @@ class ServerConnection:
         start = _num(args, 1, -2.0)
         duration = _num(args, 2, -1.0)
         reset = bool(args[3]) if len(args) > 3 else True
+        state = self.stream_state(sid)
+        if state in (StreamState.PUBLISH_PENDING, StreamState.PUBLISHING):
+            raise RemoteProtocolError(
+                f"play on message stream {sid} in state {state.value}, expected an idle stream"
+            )
+        # A play on a stream already playing (or pending) replaces that play: the owner gets
+        # the new request and drops its player first (ffplay does this on seek).
+        self._set_stream_state(sid, StreamState.PLAY_PENDING)
         items.append(PlayRequest(sid, name, query, start, duration, reset, tid))
 
     def _end_stream(self, sid: int, command: str, items: list[ReceivedItem]) -> None:
-        was_active = sid in self.publishing or sid in self.playing
-        self.publishing.discard(sid)
-        self.playing.discard(sid)
-        if was_active:
+        if self.stream_state(sid) is not StreamState.IDLE:
+            self._set_stream_state(sid, StreamState.IDLE)
             items.append(StreamClosed(sid, command))
 
     def _cmd_close_stream(
@@ -607,6 +686,34 @@ class ServerConnection:
         self, tid: float, cmd_obj: Any, args: list[Any], sid: int, items: list[ReceivedItem]
     ) -> None:
         pass
+
+
+_C = ServerConnection
+# The command table holds plain functions, not bound methods: a closed connection is then
+# freed by reference counting alone (bound methods in an instance dict make a cycle).
+_COMMANDS: dict[str, _Handler] = {
+    "connect": _C._cmd_connect,
+    "createStream": _C._cmd_create_stream,
+    "releaseStream": _C._cmd_release_stream,
+    "FCPublish": _C._cmd_fc_publish,
+    "FCUnpublish": _C._cmd_fc_unpublish,
+    "publish": _C._cmd_publish,
+    "play": _C._cmd_play,
+    "closeStream": _C._cmd_close_stream,
+    "deleteStream": _C._cmd_delete_stream,
+    "pause": _C._cmd_pause,
+    "pauseRaw": _C._cmd_pause,
+    "receiveAudio": _C._cmd_receive_audio,
+    "receiveVideo": _C._cmd_receive_video,
+    "getStreamLength": _C._cmd_get_stream_length,
+    "FCSubscribe": _C._cmd_fc_subscribe,
+    "FCUnsubscribe": _C._cmd_ignore,
+    "_checkbw": _C._cmd_checkbw,
+    "_result": _C._cmd_ignore,
+    "_error": _C._cmd_ignore,
+    "onBWDone": _C._cmd_ignore,
+    "onStatus": _C._cmd_ignore,
+}
 
 
 def split_query(name: str) -> tuple[str, str]:

@@ -47,6 +47,7 @@ import os
 import struct
 from collections.abc import Callable
 
+from ..logs import get_logger
 from .errors import HandshakeError, LocalProtocolError
 
 __all__ = [
@@ -63,7 +64,7 @@ __all__ = [
     "response_digest",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 RTMP_VERSION = 3
 HANDSHAKE_SIZE = 1536  # C1, S1, C2 and S2 each

@@ -14,13 +14,13 @@ connection too.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from ..logs import get_logger, redact_query
 from ..protocol.connection import ServerConnection, State
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.events import PlayRequest, PublishRequest, StreamClosed
@@ -29,23 +29,43 @@ from .recorder import Recorder
 from .registry import Stream, StreamRegistry
 from .relay import Relay, RelayConfig
 
-log = logging.getLogger("rtmp2server")
+log = get_logger("rtmp2server")
 
 READ_SIZE = 256 * 1024  # bytes asked of the socket per read, as asyncio and uvloop do
+FD_RESERVE = 64  # file descriptors kept for the listeners, the log, the loop and the like
 
 
 @dataclass
 class ServerConfig:
+    """Everything an `RTMPServer` needs to know; every per-peer bound lives here."""
+
     host: str = "0.0.0.0"
     port: int = 1935
-    record_dir: Path | None = None  # None: do not record
+    record_dir: Path | None = None
+    """Where recordings go; None: do not record."""
     chunk_size: int = 4096
+    """The chunk size we send with (announced at connect)."""
     max_message_size: int = 16 * 1024 * 1024
+    """Largest RTMP message accepted from a peer, in bytes."""
     window_ack_size: int = 5_000_000
     handshake_timeout: float = 10.0
-    idle_timeout: float = 30.0  # no bytes from a publisher or a half-open peer for this long
-    # Live playback of every publish (GOP cache, play wait, player bounds); None: no playing.
+    """Seconds from accept to a complete `connect`: a deadline, not a silence timer."""
+    start_timeout: float = 30.0
+    """Seconds from accept to the first `publish` or `play`; 0: no deadline."""
+    idle_timeout: float = 30.0
+    """Close a publisher (or a connection doing nothing) after this many seconds without one
+    complete message; 0: never. Players are not idle while they play."""
+    max_connections: int = 4096
+    """Connections at once; more are closed at accept (also bounded by the fd limit)."""
+    max_connections_per_ip: int = 64
+    """Connections at once from one address; 0: no limit."""
+    max_name_length: int = 256
+    """Longest application or stream name accepted, in characters (nginx-rtmp's bound)."""
+    drain_timeout: float = 5.0
+    """At shutdown, seconds to wait for publishers asked to reconnect (Enhanced RTMP v2
+    Reconnect Request) to leave before their connections are closed."""
     relay: RelayConfig | None = field(default_factory=RelayConfig)
+    """Live playback of every publish (GOP cache, play wait, player bounds); None: none."""
 
 
 PublishHandler = Callable[[Stream], bool]
@@ -62,6 +82,11 @@ class Session(asyncio.BufferedProtocol):
     Reads go into the server's one receive buffer (`get_buffer`), and only the bytes that
     arrived are copied out of it: a read costs no allocation of a full-size buffer (with
     `recv(256 KiB)`, glibc maps and unmaps 256 KiB for every small read of a live stream).
+
+    Time: `connect` must be complete `handshake_timeout` seconds after the accept, and the
+    first `publish` or `play` `start_timeout` seconds after it, however the peer paces its
+    bytes. Later, a connection that completes no message for `idle_timeout` seconds is
+    closed, unless it is playing (a player sends little) or we paused reading from it.
     """
 
     def __init__(self, server: RTMPServer) -> None:
@@ -74,10 +99,15 @@ class Session(asyncio.BufferedProtocol):
         )
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.ip = ""
         self.published: dict[int, Stream] = {}
-        self.last_data = time.monotonic()
+        self.accepted_at = time.monotonic()
+        self.last_message = self.accepted_at
+        self.started = False  # a publish or play has been asked for
         self._timer: asyncio.TimerHandle | None = None
         self.closed = False
+        self.close_reason: str | None = None  # why we closed it, when we did
+        self._eof = False
         # Per-connection extension point: players attach their state here (relay).
         self.on_close: list[Callable[[Session], None]] = []
         self.on_event: list[Callable[[Session, Any], None]] = []
@@ -89,8 +119,14 @@ class Session(asyncio.BufferedProtocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
-            self.peer = f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
-        self.server._sessions.add(self)
+            self.ip = str(peer[0])
+            self.peer = f"[{peer[0]}]:{peer[1]}" if ":" in self.ip else f"{peer[0]}:{peer[1]}"
+        refusal = self.server._admit(self)
+        if refusal is not None:
+            self.closed = True
+            self.close_reason = refusal
+            self.transport.abort()
+            return
         self._arm_timer(self.server.config.handshake_timeout)
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -100,7 +136,8 @@ class Session(asyncio.BufferedProtocol):
         self.data_received(self.server._read_view[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
-        self.last_data = time.monotonic()
+        if self.closed:
+            return
         try:
             try:
                 items = self.conn.receive_data(data)
@@ -108,12 +145,17 @@ class Session(asyncio.BufferedProtocol):
                 # Keep every complete message that arrived before the bad bytes.
                 self._dispatch(err.partial, events=False)
                 log.warning("peer %s: %s; closing the connection", self.peer, err)
-                self.abort()
+                # The error stays in the reader; without its traceback it pins no frames,
+                # so the closed connection is freed by reference counting.
+                err.__traceback__ = None
+                self.close("protocol error")
                 return
-            self._dispatch(items)
+            if items:
+                self.last_message = time.monotonic()
+                self._dispatch(items)
         except Exception:
             log.exception("peer %s: internal error; closing the connection", self.peer)
-            self.abort()
+            self.close("internal error")
             return
         self.flush()
 
@@ -145,20 +187,27 @@ class Session(asyncio.BufferedProtocol):
             target.deliver_all(run)
 
     def eof_received(self) -> bool | None:
+        self._eof = True
         return None  # close the transport; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
+        if not self.server._forget(self):
+            self.closed = True
+            return  # refused at accept: it never started
+        self.closed = True
+        why = self.close_reason or _lost_reason(exc, self._eof)
         for sid in list(self.published):
-            self._end_publish(sid, "disconnected" if exc is None else f"connection lost: {exc}")
+            self._end_publish(sid, why)
         for callback in self.on_close:
             try:
                 callback(self)
             except Exception:
                 log.exception("peer %s: close callback failed", self.peer)
-        self.server._sessions.discard(self)
+        self.on_close.clear()
+        self.on_event.clear()
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -167,6 +216,12 @@ class Session(asyncio.BufferedProtocol):
         if out and self.transport is not None and not self.closed:
             self.transport.write(out)
 
+    def close(self, reason: str) -> None:
+        """Close the connection now, for `reason` (the stop reason of its publishes)."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        self.abort()
+
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
@@ -174,39 +229,63 @@ class Session(asyncio.BufferedProtocol):
     def _arm_timer(self, delay: float) -> None:
         if delay > 0:
             loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(delay, self._check_idle)
+            self._timer = loop.call_later(delay, self._check_time)
 
-    def _check_idle(self) -> None:
+    def _check_time(self) -> None:
+        """The deadlines and the idle timeout (see the class docstring)."""
+        self._timer = None
         if self.closed:
             return
         cfg = self.server.config
+        now = time.monotonic()
+        age = now - self.accepted_at
+        waits: list[float] = []
         if self.conn.state is not State.CONNECTED:
-            if time.monotonic() - self.last_data >= cfg.handshake_timeout:
+            if cfg.handshake_timeout > 0:
+                if age >= cfg.handshake_timeout:
+                    log.warning(
+                        "peer %s: no connect within %g s of the accept (state %s, %d bytes "
+                        "received); closing",
+                        self.peer,
+                        cfg.handshake_timeout,
+                        self.conn.state.value,
+                        self.conn.bytes_received,
+                    )
+                    self.close("timeout")
+                    return
+                waits.append(cfg.handshake_timeout - age)
+        elif not self.started and cfg.start_timeout > 0:
+            if age >= cfg.start_timeout:
                 log.warning(
-                    "peer %s: no connect within %.0f s (state %s); closing",
+                    "peer %s: no publish or play within %g s of the accept; closing",
                     self.peer,
-                    cfg.handshake_timeout,
-                    self.conn.state.value,
+                    cfg.start_timeout,
                 )
-                self.abort()
+                self.close("timeout")
                 return
-        elif self.transport is not None and not self.transport.is_reading():
+            waits.append(cfg.start_timeout - age)
+        if self.transport is not None and not self.transport.is_reading():
             # Paused by back-pressure from a sink: our silence, not the peer's.
-            self.last_data = time.monotonic()
-        elif not self.conn.playing and cfg.idle_timeout > 0:
-            idle = time.monotonic() - self.last_data
+            self.last_message = now
+        if cfg.idle_timeout > 0 and not self.conn.playing:
+            idle = now - self.last_message
             if idle >= cfg.idle_timeout:
-                log.warning("peer %s: no data for %.0f s; closing", self.peer, idle)
-                self.abort()
+                log.warning("peer %s: no complete message for %.0f s; closing", self.peer, idle)
+                self.close("timeout")
                 return
-        self._arm_timer(min(cfg.handshake_timeout, cfg.idle_timeout or 5.0) / 2)
+            waits.append(cfg.idle_timeout - idle)
+        self._arm_timer(min(waits, default=5.0) + 0.01)
 
     def _on_event(self, event: Any) -> None:
         if type(event) is PublishRequest:
+            self.started = True
             self._on_publish(event)
         elif type(event) is PlayRequest:
+            self.started = True
             handler = self.server.play_handler
-            if handler is None:
+            if not self._name_ok(event.name):
+                self.conn.reject_play(event, "The stream name is too long.")
+            elif handler is None:
                 self.conn.reject_play(event, f"{event.name} is not available.")
             else:
                 handler(self, event)
@@ -215,8 +294,27 @@ class Session(asyncio.BufferedProtocol):
         for callback in self.on_event:
             callback(self, event)
 
+    def _name_ok(self, name: str) -> bool:
+        limit = self.server.config.max_name_length
+        if len(name) <= limit and len(self.conn.app) <= limit:
+            return True
+        log.warning(
+            "peer %s: name refused: app of %d and stream name of %d characters, expected at "
+            "most %d (%s/%s)",
+            self.peer,
+            len(self.conn.app),
+            len(name),
+            limit,
+            self.conn.app,
+            name,
+        )
+        return False
+
     def _on_publish(self, req: PublishRequest) -> None:
         conn = self.conn
+        if not self._name_ok(req.name):
+            conn.reject_publish(req, "The stream name is too long.")
+            return
         stream = Stream(
             app=conn.app,
             name=req.name,
@@ -256,11 +354,11 @@ class Session(asyncio.BufferedProtocol):
         self.published[req.stream_id] = stream
         conn.accept_publish(req)
         log.info(
-            "publish start: peer=%s app=%s stream=%s%s flashVer=%r",
+            "publish start: peer=%s app=%s stream=%s%s flashVer=%s",
             self.peer,
             stream.app,
             stream.name,
-            f"?{stream.query}" if stream.query else "",
+            f"?{redact_query(stream.query)}" if stream.query else "",
             stream.flash_ver,
         )
         registry.started(stream)
@@ -283,6 +381,31 @@ class Session(asyncio.BufferedProtocol):
             stream.bytes,
             why,
         )
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft limit of open files to the hard limit (a Debian service starts with
+    1024, which 1100 idle sockets exhaust); returns (before, after)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft, soft
+    return soft, hard
+
+
+def _lost_reason(exc: Exception | None, eof: bool) -> str:
+    """The stop reason of a connection we did not close ourselves."""
+    if exc is None:
+        return "closed by the peer"
+    if isinstance(exc, ConnectionResetError):
+        return "reset by the peer"
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return "timeout"
+    return f"connection lost: {exc}"
 
 
 class RTMPServer:
@@ -311,6 +434,10 @@ class RTMPServer:
             self.play_handler = self.relay.play
         self._server: asyncio.Server | None = None
         self._sessions: set[Session] = set()
+        self._limit = self.config.max_connections
+        self._per_ip: dict[str, int] = {}
+        self._refused = 0  # connections refused at accept since the last log line
+        self._refusal_logged = 0.0
         # One receive buffer for all sessions: a read is copied out of it before the next.
         self._read_view = memoryview(bytearray(READ_SIZE))
 
@@ -331,7 +458,71 @@ class RTMPServer:
     def sessions(self) -> frozenset[Session]:
         return frozenset(self._sessions)
 
+    def max_connections(self) -> int:
+        """The connection limit in force: the configured one, or less when the process's
+        file descriptor limit cannot hold that many (each connection may also record)."""
+        limit = self.config.max_connections
+        try:
+            import resource
+
+            soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        except (ImportError, OSError):
+            return limit
+        if soft == resource.RLIM_INFINITY:
+            return limit
+        return max(1, min(limit, (soft - FD_RESERVE) // 2))
+
+    def _admit(self, session: Session) -> str | None:
+        """Count a new connection in, or say why it is refused (and log that, at most once a
+        second with the number refused meanwhile)."""
+        cfg = self.config
+        per_ip = self._per_ip.get(session.ip, 0)
+        reason = None
+        if len(self._sessions) >= self._limit:
+            reason = f"{len(self._sessions)} connections open, the limit is {self._limit}"
+        elif cfg.max_connections_per_ip and per_ip >= cfg.max_connections_per_ip:
+            reason = (
+                f"{per_ip} connections open from {session.ip}, the limit per address is "
+                f"{cfg.max_connections_per_ip}"
+            )
+        if reason is None:
+            self._sessions.add(session)
+            self._per_ip[session.ip] = per_ip + 1
+            return None
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refusal_logged >= 1.0:
+            log.warning(
+                "peer %s: connection refused: %s (%d refused since the last such line)",
+                session.peer,
+                reason,
+                self._refused,
+            )
+            self._refused = 0
+            self._refusal_logged = now
+        return "over the connection limit"
+
+    def _forget(self, session: Session) -> bool:
+        """Count a closed connection out; False if it was never counted in."""
+        if session not in self._sessions:
+            return False
+        self._sessions.discard(session)
+        left = self._per_ip.get(session.ip, 1) - 1
+        if left > 0:
+            self._per_ip[session.ip] = left
+        else:
+            self._per_ip.pop(session.ip, None)
+        return True
+
     async def start(self) -> None:
+        self._limit = self.max_connections()
+        if self._limit < self.config.max_connections:
+            log.warning(
+                "the file descriptor limit holds %d connections, not the %d configured "
+                "(raise `ulimit -n`)",
+                self._limit,
+                self.config.max_connections,
+            )
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: Session(self),
@@ -343,23 +534,46 @@ class RTMPServer:
         log.info("listening on %s:%d", self.config.host, self.port)
 
     async def serve_forever(self) -> None:
+        """Serve until cancelled; however it ends, every recording is finished."""
         if self._server is None:
             await self.start()
         assert self._server is not None
-        await self._server.serve_forever()
+        try:
+            await self._server.serve_forever()
+        finally:
+            await self.close()
+
+    async def drain(self, timeout: float | None = None) -> int:
+        """Stop accepting, and ask every publisher that announced Enhanced RTMP v2 reconnect
+        support to reconnect (`NetConnection.Connect.ReconnectRequest`): OBS then moves to
+        another instance behind the load balancer without dropping its stream. Waits up to
+        `timeout` (default `config.drain_timeout`) seconds for them to leave; returns how many
+        were asked."""
+        if self._server is not None:
+            self._server.close()
+        asked = []
+        for session in list(self._sessions):
+            if session.published and session.conn.request_reconnect(
+                "The server is shutting down; reconnect to continue."
+            ):
+                session.flush()
+                asked.append(session)
+        if asked:
+            log.info("drain: asked %d publisher(s) to reconnect", len(asked))
+            wait = self.config.drain_timeout if timeout is None else timeout
+            deadline = time.monotonic() + wait
+            while any(not s.closed for s in asked) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        return len(asked)
 
     async def close(self) -> None:
         """Stop listening, close every connection (ending their publishes cleanly)."""
         if self._server is not None:
             self._server.close()
         for session in list(self._sessions):
-            session.abort()
-        # Let connection_lost callbacks run.
-        for _ in range(3):
-            if not self._sessions:
-                break
-            await asyncio.sleep(0)
-        for session in list(self._sessions):
+            session.close("server shutdown")
+            # At once, not when the transport gets to it: the recordings are finished even if
+            # this coroutine is cancelled at its next await (Ctrl-C under asyncio.run).
             session.connection_lost(None)
         if self._server is not None:
             await self._server.wait_closed()
