@@ -14,7 +14,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 from pathlib import Path
 
 
@@ -24,7 +25,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def server_command(port: int, record_dir: Path, host: str = "127.0.0.1") -> list[str]:
+def server_command(
+    port: int, record_dir: Path, host: str = "127.0.0.1", extra: Sequence[str] = ()
+) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -35,6 +38,7 @@ def server_command(port: int, record_dir: Path, host: str = "127.0.0.1") -> list
         str(port),
         "--record-dir",
         str(record_dir),
+        *extra,
     ]
 
 
@@ -44,7 +48,16 @@ def names_stream(line: str, stream: str) -> bool:
 
 
 class ServerProcess:
-    def __init__(self, record_dir: Path, log_path: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        record_dir: Path,
+        log_path: Path,
+        port: int | None = None,
+        args: Sequence[str] = (),
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
+        self.args = list(args)  # more rtmp2-server options
+        self.preexec_fn = preexec_fn  # run in the child before exec (resource limits)
         self.record_dir = record_dir
         self.log_path = log_path
         self.port = port or free_port()
@@ -57,8 +70,9 @@ class ServerProcess:
         self.record_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                server_command(self.port, self.record_dir),
+                server_command(self.port, self.record_dir, extra=self.args),
                 stdin=subprocess.DEVNULL,
+                preexec_fn=self.preexec_fn,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -174,9 +188,10 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def running_server(record_dir: Path, log_path: Path) -> Iterator[ServerProcess]:
-    """Start a server; on exit stop it with SIGTERM (the exit code is left in `returncode`)."""
-    server = ServerProcess(record_dir, log_path)
+def running_server(record_dir: Path, log_path: Path, **options: Any) -> Iterator[ServerProcess]:
+    """Start a server; on exit stop it with SIGTERM (the exit code is left in `returncode`).
+    `options` go to `ServerProcess` (`args`, `preexec_fn`)."""
+    server = ServerProcess(record_dir, log_path, **options)
     for attempt in range(3):
         try:
             server.start()
@@ -186,7 +201,7 @@ def running_server(record_dir: Path, log_path: Path) -> Iterator[ServerProcess]:
             # first: try another one.
             if attempt == 2:
                 raise
-            server = ServerProcess(record_dir, log_path)
+            server = ServerProcess(record_dir, log_path, **options)
     try:
         yield server
     finally:

@@ -127,7 +127,7 @@ class Session(asyncio.BufferedProtocol):
             self.close_reason = refusal
             self.transport.abort()
             return
-        self._arm_timer(self.server.config.handshake_timeout)
+        self._check_time()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.server._read_view
@@ -240,21 +240,7 @@ class Session(asyncio.BufferedProtocol):
         now = time.monotonic()
         age = now - self.accepted_at
         waits: list[float] = []
-        if self.conn.state is not State.CONNECTED:
-            if cfg.handshake_timeout > 0:
-                if age >= cfg.handshake_timeout:
-                    log.warning(
-                        "peer %s: no connect within %g s of the accept (state %s, %d bytes "
-                        "received); closing",
-                        self.peer,
-                        cfg.handshake_timeout,
-                        self.conn.state.value,
-                        self.conn.bytes_received,
-                    )
-                    self.close("timeout")
-                    return
-                waits.append(cfg.handshake_timeout - age)
-        elif not self.started and cfg.start_timeout > 0:
+        if not self.started and cfg.start_timeout > 0:
             if age >= cfg.start_timeout:
                 log.warning(
                     "peer %s: no publish or play within %g s of the accept; closing",
@@ -264,6 +250,19 @@ class Session(asyncio.BufferedProtocol):
                 self.close("timeout")
                 return
             waits.append(cfg.start_timeout - age)
+        if self.conn.state is not State.CONNECTED and cfg.handshake_timeout > 0:
+            if age >= cfg.handshake_timeout:
+                log.warning(
+                    "peer %s: no connect within %g s of the accept (state %s, %d bytes "
+                    "received); closing",
+                    self.peer,
+                    cfg.handshake_timeout,
+                    self.conn.state.value,
+                    self.conn.bytes_received,
+                )
+                self.close("timeout")
+                return
+            waits.append(cfg.handshake_timeout - age)
         if self.transport is not None and not self.transport.is_reading():
             # Paused by back-pressure from a sink: our silence, not the peer's.
             self.last_message = now
@@ -274,7 +273,8 @@ class Session(asyncio.BufferedProtocol):
                 self.close("timeout")
                 return
             waits.append(cfg.idle_timeout - idle)
-        self._arm_timer(min(waits, default=5.0) + 0.01)
+        if waits:
+            self._arm_timer(min(waits) + 0.01)
 
     def _on_event(self, event: Any) -> None:
         if type(event) is PublishRequest:
@@ -436,8 +436,9 @@ class RTMPServer:
         self._sessions: set[Session] = set()
         self._limit = self.config.max_connections
         self._per_ip: dict[str, int] = {}
-        self._refused = 0  # connections refused at accept since the last log line
-        self._refusal_logged = 0.0
+        # Connections refused at accept since the last log line of that kind, and when that
+        # line was written: at most one line a second for each kind.
+        self._refused: dict[str, tuple[int, float]] = {}
         # One receive buffer for all sessions: a read is copied out of it before the next.
         self._read_view = memoryview(bytearray(READ_SIZE))
 
@@ -477,29 +478,35 @@ class RTMPServer:
         second with the number refused meanwhile)."""
         cfg = self.config
         per_ip = self._per_ip.get(session.ip, 0)
-        reason = None
+        reason = kind = None
         if len(self._sessions) >= self._limit:
+            kind = "total"
             reason = f"{len(self._sessions)} connections open, the limit is {self._limit}"
         elif cfg.max_connections_per_ip and per_ip >= cfg.max_connections_per_ip:
+            kind = session.ip
             reason = (
                 f"{per_ip} connections open from {session.ip}, the limit per address is "
                 f"{cfg.max_connections_per_ip}"
             )
-        if reason is None:
+        if kind is None:
             self._sessions.add(session)
             self._per_ip[session.ip] = per_ip + 1
             return None
-        self._refused += 1
+        count, logged = self._refused.get(kind, (0, 0.0))
         now = time.monotonic()
-        if now - self._refusal_logged >= 1.0:
+        if now - logged >= 1.0:
             log.warning(
                 "peer %s: connection refused: %s (%d refused since the last such line)",
                 session.peer,
                 reason,
-                self._refused,
+                count + 1,
             )
-            self._refused = 0
-            self._refusal_logged = now
+            count, logged = 0, now
+        else:
+            count += 1
+        if len(self._refused) > 1024:  # addresses that come and go
+            self._refused.clear()
+        self._refused[kind] = (count, logged)
         return "over the connection limit"
 
     def _forget(self, session: Session) -> bool:
