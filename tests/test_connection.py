@@ -12,8 +12,14 @@ from hypothesis import strategies as st
 
 from rtmp2server.protocol import amf0
 from rtmp2server.protocol.client import ClientCommand, ClientConnection
-from rtmp2server.protocol.connection import ServerConnection, State, split_app, split_query
-from rtmp2server.protocol.errors import RemoteProtocolError
+from rtmp2server.protocol.connection import (
+    ServerConnection,
+    State,
+    StreamState,
+    split_app,
+    split_query,
+)
+from rtmp2server.protocol.errors import LocalProtocolError, RemoteProtocolError
 from rtmp2server.protocol.events import (
     CommandReceived,
     Connected,
@@ -303,3 +309,115 @@ def test_error_keeps_media_that_arrived_before_it() -> None:
         p.pump()
     media = [m.payload for m in info.value.partial if isinstance(m, Message)]
     assert media == [b"\x17\x01frame1"]
+
+
+def test_media_right_after_publish_comes_out_after_the_request() -> None:
+    """publish and its first media in one read: nothing is dropped before the owner answers."""
+    p = Pair()
+    p.client.connect("live", "rtmp://h/live")
+    p.client.create_stream()
+    p.pump()
+    p.server_items.clear()
+    p.client.publish(1, "eager")
+    p.client.send_media(1, 9, 0, b"\x17\x00\x00\x00\x00avcC")
+    p.client.send_media(1, 8, 0, b"\xaf\x00\x12\x10")
+    p.pump()
+    kinds = [type(i).__name__ for i in p.server_items]
+    assert kinds == ["PublishRequest", "Message", "Message"]
+    assert p.server.stream_state(1) is StreamState.PUBLISH_PENDING
+    p.server.accept_publish(p.server_items[0])
+    assert p.server.stream_state(1) is StreamState.PUBLISHING
+
+
+def test_a_rejected_publish_lets_no_media_through() -> None:
+    p = Pair()
+    p.client.connect("live", "rtmp://h/live")
+    p.client.create_stream()
+    p.client.publish(1, "no")
+    p.pump()
+    p.server.reject_publish(p.server_items[-1], "no")
+    p.server_items.clear()
+    p.client.send_media(1, 9, 0, b"\x17\x01")
+    p.pump()
+    assert p.server_items == []
+    assert p.server.stream_state(1) is StreamState.IDLE
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("accept_publish", "accept_publish"),
+        ("accept_publish", "reject_publish"),
+        ("reject_publish", "accept_publish"),
+        ("close", "accept_publish"),
+    ],
+)
+def test_decisions_only_while_pending(first: str, second: str) -> None:
+    """h11's rule: an answer that does not fit the stream's state is our bug, not the peer's.
+    Before this, accept_publish twice after deleteStream sent Publish.Start twice."""
+    p = Pair()
+    p.client.connect("live", "rtmp://h/live")
+    p.client.create_stream()
+    p.client.publish(1, "x")
+    p.pump()
+    req = p.server_items[-1]
+    assert isinstance(req, PublishRequest)
+    if first == "close":
+        p.client.delete_stream(1)
+        p.pump()
+        assert StreamClosed(1, "deleteStream") in p.server_items
+    elif first == "accept_publish":
+        p.server.accept_publish(req)
+    else:
+        p.server.reject_publish(req, "no")
+    with pytest.raises(LocalProtocolError, match=f"{second}.. on message stream 1 in state"):
+        if second == "accept_publish":
+            p.server.accept_publish(req)
+        else:
+            p.server.reject_publish(req, "again")
+
+
+def test_play_decisions_follow_the_table() -> None:
+    p = Pair()
+    p.client.connect("live", "rtmp://h/live")
+    p.client.create_stream()
+    p.client.play(1, "cam")
+    p.pump()
+    req = p.server_items[-1]
+    assert isinstance(req, PlayRequest)
+    assert p.server.stream_state(1) is StreamState.PLAY_PENDING
+    p.server.accept_play(req)
+    assert 1 in p.server.playing
+    with pytest.raises(LocalProtocolError):
+        p.server.reject_play(req, "late")
+    p.server.end_play(1)
+    assert 1 not in p.server.playing
+    with pytest.raises(LocalProtocolError):
+        p.server.end_play(1)
+
+
+def test_publish_on_a_publishing_stream_is_a_remote_error() -> None:
+    p = Pair()
+    sid = p.connect_and_publish("one")
+    p.client.publish(sid, "two")
+    with pytest.raises(RemoteProtocolError, match="in state publishing, expected an idle"):
+        p.pump()
+
+
+def test_reconnect_request_only_for_clients_that_announced_it() -> None:
+    p = Pair()
+    p.client.connect("live", "rtmp://h/live")
+    p.pump()
+    assert not p.server.request_reconnect("maintenance")
+    q = Pair()
+    q.client.connect("live", "rtmp://h/live", capsEx=1.0)
+    q.pump()
+    assert q.server.request_reconnect("maintenance", "rtmp://other/live")
+    q.pump()
+    (status,) = [c for c in q.commands() if c.name == "onStatus"]
+    assert status.info == {
+        "level": "status",
+        "code": "NetConnection.Connect.ReconnectRequest",
+        "description": "maintenance",
+        "tcUrl": "rtmp://other/live",
+    }
