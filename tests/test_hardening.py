@@ -490,3 +490,97 @@ def test_sigterm_sends_reconnect_request_and_exits(tmp_path: Path) -> None:
             assert time.monotonic() - started < 4
     assert "drain: asked 1 publisher(s) to reconnect" in srv.log()
     assert "(server shutdown)" in srv.log()
+
+
+# --- asynchronous publish decisions (the foundation of HTTP callbacks) -----------------------
+
+
+@pytest.mark.parametrize("answer", [True, False])
+def test_media_sent_while_a_coroutine_decides_is_held(tmp_path: Path, answer: bool) -> None:
+    """A publisher that sends media while the handler is still deciding: after a yes its
+    recording is complete from the first frame; after a no nothing is recorded."""
+    media = frames(60)
+    gate = asyncio.Event()
+
+    async def main() -> tuple[str, int]:
+        async def decide(stream: Any) -> bool:
+            await gate.wait()
+            if answer:
+                server.record_publish(stream)
+            return answer
+
+        server = RTMPServer(
+            ServerConfig(host="127.0.0.1", port=0, record_dir=tmp_path, max_pending_bytes=100_000),
+            publish_handler=decide,
+        )
+        await server.start()
+        c = await AsyncClient.open(server.port)
+        c.conn.connect("live", "rtmp://127.0.0.1/live")
+        await c.command("_result")
+        c.conn.create_stream()
+        sid = int((await c.command("_result")).args[1])
+        c.conn.publish(sid, "held")
+        c.conn.send_metadata(sid, {"videocodecid": 7.0})
+        for t, ts, payload in media:
+            c.conn.send_media(sid, t, ts, payload)
+        c.writer.write(c.conn.data_to_send())
+        await asyncio.sleep(0.5)  # the server holds what arrived, and stops reading past 100 kB
+        (session,) = server.sessions
+        held = session.pending[sid].held_bytes
+        gate.set()
+        status = await c.command("onStatus")
+        c.conn.delete_stream(sid)
+        await c.flush()
+        await c.close()
+        await wait_for(lambda: not server.sessions)
+        await server.close()
+        return status.info["code"], held
+
+    code, held = run(main())
+    assert 100_000 < held < 400_000, held  # bounded: reading paused soon after the bound
+    if answer:
+        assert code == "NetStream.Publish.Start"
+        tags = recording(tmp_path, "live", "held")
+        assert [(t.tag_type, t.timestamp, t.body) for t in tags[1:]] == media
+    else:
+        assert code == "NetStream.Publish.BadName"
+        assert not (tmp_path / "live").exists()
+
+
+def test_a_late_answer_for_a_publisher_that_left_does_nothing(tmp_path: Path) -> None:
+    gate = asyncio.Event()
+    answered: list[bool] = []
+
+    async def main() -> None:
+        async def decide(stream: Any) -> bool:
+            await gate.wait()
+            answered.append(True)
+            return True
+
+        server = RTMPServer(
+            ServerConfig(host="127.0.0.1", port=0, record_dir=tmp_path), publish_handler=decide
+        )
+        await server.start()
+        c = await AsyncClient.open(server.port)
+        c.conn.connect("live", "rtmp://127.0.0.1/live")
+        await c.command("_result")
+        c.conn.create_stream()
+        sid = int((await c.command("_result")).args[1])
+        c.conn.publish(sid, "gone")
+        await c.flush()
+        await wait_for(lambda: any(s.pending for s in server.sessions))
+        await c.close()
+        await wait_for(lambda: not server.sessions)
+        gate.set()
+        await asyncio.sleep(0.1)
+        assert server.registry.get("live", "gone") is None
+        # The name is free again for the next publisher.
+        d = await AsyncClient.open(server.port)
+        gate.set()
+        _, status = await d.publish("gone")
+        assert status.info["code"] == "NetStream.Publish.Start"
+        await d.close()
+        await server.close()
+
+    run(main())
+    assert answered == [True]  # the first handler was cancelled; only the second answered

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -61,6 +61,9 @@ class ServerConfig:
     """Connections at once from one address; 0: no limit."""
     max_name_length: int = 256
     """Longest application or stream name accepted, in characters (nginx-rtmp's bound)."""
+    max_pending_bytes: int = 8 * 1024 * 1024
+    """Bytes of media held per publish while its publish handler decides; above this the
+    publisher's socket is not read until the answer (TCP back-pressure, nothing dropped)."""
     drain_timeout: float = 5.0
     """At shutdown, seconds to wait for publishers asked to reconnect (Enhanced RTMP v2
     Reconnect Request) to leave before their connections are closed."""
@@ -68,9 +71,12 @@ class ServerConfig:
     """Live playback of every publish (GOP cache, play wait, player bounds); None: none."""
 
 
-PublishHandler = Callable[[Stream], bool]
+PublishHandler = Callable[[Stream], "bool | Awaitable[bool]"]
 """Called when a publish is about to start; attaches sinks and returns True to accept, or
-returns False to refuse it with NetStream.Publish.BadName."""
+returns False to refuse it with NetStream.Publish.BadName. It may be a plain function or a
+coroutine function (an HTTP callback): while its answer is pending, what the publisher sends
+is held (bounded: past `ServerConfig.max_pending_bytes` the socket is no longer read) and
+delivered from its first frame once the answer is yes; on a no it is dropped."""
 
 PlayHandler = Callable[["Session", PlayRequest], None]
 """Called for `play`; answers the request on the session (the relay implements it)."""
@@ -101,6 +107,7 @@ class Session(asyncio.BufferedProtocol):
         self.peer = "?"
         self.ip = ""
         self.published: dict[int, Stream] = {}
+        self.pending: dict[int, _PendingPublish] = {}  # publishes whose answer is awaited
         self.accepted_at = time.monotonic()
         self.last_message = self.accepted_at
         self.started = False  # a publish or play has been asked for
@@ -169,6 +176,9 @@ class Session(asyncio.BufferedProtocol):
             if type(item) is Message:
                 stream = published.get(item.stream_id)
                 if stream is None:
+                    pending = self.pending.get(item.stream_id)
+                    if pending is not None:
+                        self._hold(pending, item)
                     continue
                 if stream is not target:
                     if target is not None:
@@ -199,6 +209,8 @@ class Session(asyncio.BufferedProtocol):
             return  # refused at accept: it never started
         self.closed = True
         why = self.close_reason or _lost_reason(exc, self._eof)
+        for sid in list(self.pending):
+            self._drop_pending(sid, why)
         for sid in list(self.published):
             self._end_publish(sid, why)
         for callback in self.on_close:
@@ -289,8 +301,11 @@ class Session(asyncio.BufferedProtocol):
                 self.conn.reject_play(event, f"{event.name} is not available.")
             else:
                 handler(self, event)
-        elif type(event) is StreamClosed and event.stream_id in self.published:
-            self._end_publish(event.stream_id, event.command)
+        elif type(event) is StreamClosed:
+            if event.stream_id in self.published:
+                self._end_publish(event.stream_id, event.command)
+            elif event.stream_id in self.pending:
+                self._drop_pending(event.stream_id, event.command)
         for callback in self.on_event:
             callback(self, event)
 
@@ -337,10 +352,47 @@ class Session(asyncio.BufferedProtocol):
             conn.reject_publish(req, f"{req.name} is already being published.")
             return
         try:
-            accepted = self.server.publish_handler(stream)
+            answer = self.server.publish_handler(stream)
         except Exception:
             log.exception("peer %s: publish handler failed", self.peer)
-            accepted = False
+            answer = False
+        if isinstance(answer, Awaitable):
+            pending = _PendingPublish(req, stream)
+            self.pending[req.stream_id] = pending
+            pending.task = asyncio.ensure_future(answer)
+            pending.task.add_done_callback(lambda task: self._decided(pending, task))
+            return
+        self._answer_publish(req, stream, bool(answer))
+
+    def _decided(self, pending: _PendingPublish, task: asyncio.Future[bool]) -> None:
+        """The publish handler answered (or failed, or was cancelled)."""
+        if self.pending.get(pending.request.stream_id) is not pending:
+            return  # the stream closed, or the client left, meanwhile: nothing to do
+        del self.pending[pending.request.stream_id]
+        accepted = False
+        if not task.cancelled():
+            error = task.exception()
+            if error is not None:
+                log.error("peer %s: publish handler failed: %r", self.peer, error, exc_info=error)
+            else:
+                accepted = bool(task.result())
+        held = pending.held
+        pending.held = []
+        if pending.paused:
+            self._resume_reading()
+        try:
+            self._answer_publish(pending.request, pending.stream, accepted)
+            if accepted and held:
+                pending.stream.deliver_all(held)
+        except Exception:
+            log.exception("peer %s: internal error; closing the connection", self.peer)
+            self.close("internal error")
+            return
+        self.flush()
+
+    def _answer_publish(self, req: PublishRequest, stream: Stream, accepted: bool) -> None:
+        conn = self.conn
+        registry = self.server.registry
         if not accepted:
             registry.release(stream)
             log.warning(
@@ -363,6 +415,41 @@ class Session(asyncio.BufferedProtocol):
         )
         registry.started(stream)
 
+    def _hold(self, pending: _PendingPublish, msg: Message) -> None:
+        """Keep `msg` until the publish is decided; stop reading past the bound."""
+        pending.held.append(msg)
+        pending.held_bytes += msg.size
+        if (
+            not pending.paused
+            and pending.held_bytes > self.server.config.max_pending_bytes
+            and self.transport is not None
+        ):
+            pending.paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def _drop_pending(self, stream_id: int, why: str) -> None:
+        """A publish whose answer is pending ends before the answer (the client left)."""
+        pending = self.pending.pop(stream_id, None)
+        if pending is None:
+            return
+        if pending.task is not None:
+            pending.task.cancel()
+        self.server.registry.release(pending.stream)
+        log.info(
+            "publish %s/%s: peer=%s left before the answer (%s); %d held messages dropped",
+            pending.stream.app,
+            pending.stream.name,
+            self.peer,
+            why,
+            len(pending.held),
+        )
+        if pending.paused:
+            self._resume_reading()
+
     def _end_publish(self, stream_id: int, why: str) -> None:
         stream = self.published.pop(stream_id, None)
         if stream is None:
@@ -381,6 +468,20 @@ class Session(asyncio.BufferedProtocol):
             stream.bytes,
             why,
         )
+
+
+class _PendingPublish:
+    """A publish whose handler has not answered yet, and what the publisher sent meanwhile."""
+
+    __slots__ = ("held", "held_bytes", "paused", "request", "stream", "task")
+
+    def __init__(self, request: PublishRequest, stream: Stream) -> None:
+        self.request = request
+        self.stream = stream
+        self.task: asyncio.Future[bool] | None = None
+        self.held: list[Message] = []
+        self.held_bytes = 0
+        self.paused = False
 
 
 def raise_fd_limit() -> tuple[int, int]:
