@@ -13,7 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rtmp2server.protocol.chunk import ChunkReader, ChunkWriter
-from rtmp2server.protocol.flv import FLVWriter, parse_flv, tag_header
+from rtmp2server.protocol.flv import FLVWriter, TagItem, parse_flv, tag_header
+from rtmp2server.server.recorder import WRITE_BUFFER
 
 RECV = 256 * 1024  # what asyncio's selector transport asks recv() for
 
@@ -54,6 +55,15 @@ def run(src: Path, work: Path, repeat: int = 3) -> str:
     if batch:
         aligned.append(b"".join(batch))
     out_path = work / "micro.flv"
+    # What one read completes, as the recorder gets it (`on_messages`).
+    batches: list[list[TagItem]] = [[]]
+    size = 0
+    for t, ts, body in msgs:
+        batches[-1].append(TagItem(t, ts, body))
+        size += len(body)
+        if size >= RECV:
+            batches.append([])
+            size = 0
 
     def parse() -> int:  # messages are dropped at once, as the server's sinks do
         reader = ChunkReader()
@@ -101,6 +111,12 @@ def run(src: Path, work: Path, repeat: int = 3) -> str:
         finally:
             os.close(fd)
 
+    def write_recorder() -> None:  # the recorder's own file writer, one read's messages a call
+        w = FLVWriter(open(out_path, "wb", buffering=0), buffer_size=WRITE_BUFFER)  # noqa: SIM115
+        for batch in batches:
+            w.write_messages(batch)
+        w.close()
+
     def write_raw_only() -> None:  # the floor: the same bytes in 256 KiB writes, no framing
         fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -128,6 +144,10 @@ def run(src: Path, work: Path, repeat: int = 3) -> str:
             "FLV write, os.writev of ~256 KiB batches of (header, body, size) on a raw fd "
             "(the recorder since 6726d98)",
             write_writev_batch,
+        ),
+        (
+            "FLV write through the recorder's file writer, one read's messages a call",
+            write_recorder,
         ),
         ("floor: the same number of bytes written raw in 256 KiB os.write calls", write_raw_only),
         (
