@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rtmp2server.protocol.chunk import ChunkReader, ChunkWriter
-from rtmp2server.protocol.flv import FLVWriter, TagItem, parse_flv, tag_header
-from rtmp2server.server.recorder import WRITE_BUFFER
+from rtmp2server.protocol.flv import TagItem, file_header, parse_flv, tag_header
+from rtmp2server.server.flvfile import FLVFile
 
 RECV = 256 * 1024  # what asyncio's selector transport asks recv() for
 
@@ -83,9 +83,11 @@ def run(src: Path, work: Path, repeat: int = 3) -> str:
 
     def write_buffered() -> None:  # the recorder before 6726d98: BufferedWriter, 3 writes/tag
         with open(out_path, "wb", buffering=RECV) as f:
-            w = FLVWriter(f)
+            f.write(file_header(audio=True, video=True))
             for t, ts, body in msgs:
-                w.write_tag(t, ts, body)
+                f.write(tag_header(t, ts, len(body)))
+                f.write(body)
+                f.write((len(body) + 11).to_bytes(4))
 
     def write_joined() -> None:  # one bytes object per tag, one buffered write
         with open(out_path, "wb", buffering=RECV) as f:
@@ -112,7 +114,8 @@ def run(src: Path, work: Path, repeat: int = 3) -> str:
             os.close(fd)
 
     def write_recorder() -> None:  # the recorder's own file writer, one read's messages a call
-        w = FLVWriter(open(out_path, "wb", buffering=0), buffer_size=WRITE_BUFFER)  # noqa: SIM115
+        out_path.unlink(missing_ok=True)
+        w = FLVFile.create(out_path)
         for batch in batches:
             w.write_messages(batch)
         w.close()
