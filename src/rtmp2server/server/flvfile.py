@@ -26,6 +26,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import NoReturn
 
 from ..protocol.flv import FLAGS_OFFSET, FLVEncoder, TagSource
 
@@ -298,7 +299,7 @@ class FLVFile:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
-    def _raise_closed(self) -> None:
+    def _raise_closed(self) -> NoReturn:
         if self._error is not None:
             raise OSError(self._error.errno, f"{self.path}: {self._error}") from self._error
         raise ValueError(f"{self.path}: write to a closed FLV file")
