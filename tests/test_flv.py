@@ -1,10 +1,10 @@
-"""FLV writer and reader: byte vectors from FLV 10.1 annex E, flags fix-up, round trips."""
+"""FLV encoder and reader: byte vectors from FLV 10.1 annex E, flags fix-up, round trips.
+
+Writing files (writev, hold-back, fsync) is tested in test_recorder.py."""
 
 from __future__ import annotations
 
 import contextlib
-import io
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -27,16 +27,52 @@ def test_tag_vector_with_extended_timestamp() -> None:
     )
 
 
-def test_writer_fixes_flags_to_what_was_written(tmp_path: Path) -> None:
-    path = tmp_path / "a.flv"
-    w = flv.FLVWriter(open(path, "wb"))  # noqa: SIM115
-    w.write_tag(flv.TAG_SCRIPT, 0, b"\x02\x00\x0aonMetaData\x05")
-    w.write_tag(flv.TAG_VIDEO, 0, b"\x17\x00\x00\x00\x00")
-    w.write_tag(flv.TAG_VIDEO, 33, b"\x27\x01\x00\x00\x00")
-    w.close()
-    header, tags = flv.read_flv(path.read_bytes())
-    assert (header.audio, header.video) == (False, True)
-    assert [(t.tag_type, t.timestamp) for t in tags] == [(18, 0), (9, 0), (9, 33)]
+def _encode(enc: flv.FLVEncoder, tags: list[tuple[int, int, bytes]]) -> bytes:
+    out: list[bytes | memoryview] = []
+    n = enc.encode([flv.TagItem(*t) for t in tags], out)
+    data = b"".join(out)
+    assert n == len(data)
+    return data
+
+
+def test_encoder_vector_one_call_is_a_whole_tag_sequence() -> None:
+    enc = flv.FLVEncoder(audio=False, video=True)
+    assert enc.file_header() == bytes.fromhex("464c5601 01 00000009 00000000")
+    data = _encode(enc, [(9, 0, b"\x17\x00"), (8, 0x01000021, b"\xaf\x01x")])
+    assert data == bytes.fromhex(
+        "09 000002 000000 00 000000 1700 0000000d"  # video tag, its PreviousTagSize 13
+        "08 000003 000021 01 000000 af0178 0000000e"  # audio, extended timestamp 0x01
+    )
+    assert (enc.tags, enc.size) == (2, 13 + 17 + 18)
+    out: list[bytes | memoryview] = []
+    assert enc.encode([], out) == 0 and out == []
+
+
+def test_encoder_leaves_the_payload_pieces_uncopied() -> None:
+    body = memoryview(bytearray(b"\x27\x01abc"))
+    item = flv.TagItem(9, 5, body)  # type: ignore[arg-type]
+    out: list[bytes | memoryview] = []
+    flv.FLVEncoder().encode([item, item], out)
+    assert out[1] is body and out[3] is body
+
+
+@pytest.mark.parametrize(
+    ("audio", "video", "kinds", "fixup"),
+    [
+        (True, True, [18, 9], b"\x01"),  # announced both, only video came
+        (True, True, [8], b"\x04"),
+        (True, True, [8, 9], None),
+        (False, True, [9], None),
+        (False, False, [8, 9], b"\x05"),
+        (True, False, [18], b"\x00"),
+    ],
+)
+def test_flags_fixup_says_what_the_stream_carried(
+    audio: bool, video: bool, kinds: list[int], fixup: bytes | None
+) -> None:
+    enc = flv.FLVEncoder(audio=audio, video=video)
+    _encode(enc, [(k, 0, b"\x00") for k in kinds])
+    assert enc.flags_fixup() == fixup
 
 
 def test_truncated_last_tag_is_tolerated_by_parse_flv() -> None:
@@ -62,19 +98,26 @@ def test_not_flv() -> None:
 @settings(max_examples=100, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.sampled_from([8, 9, 18]), st.integers(0, 0xFFFFFFFF), st.binary(max_size=300)),
-        max_size=20,
+        st.lists(
+            st.tuples(
+                st.sampled_from([8, 9, 18]), st.integers(0, 0xFFFFFFFF), st.binary(max_size=300)
+            ),
+            max_size=5,
+        ),
+        max_size=6,
     )
 )
-def test_round_trip(tags: list[tuple[int, int, bytes]]) -> None:
-    buf = io.BytesIO()
-    w = flv.FLVWriter(buf, audio=True, video=True)
-    for t in tags:
-        w.write_tag(*t)
-    data = buf.getvalue()
+def test_round_trip_in_any_batches(batches: list[list[tuple[int, int, bytes]]]) -> None:
+    enc = flv.FLVEncoder(audio=True, video=True)
+    data = enc.file_header()
+    for batch in batches:
+        data += _encode(enc, batch)
+        # Cut after any call, what was encoded is a complete FLV file.
+        _, got = flv.read_flv(data)
     _, got = flv.read_flv(data)
-    assert [(t.tag_type, t.timestamp, t.body) for t in got] == tags
-    assert w.bytes_written == len(data)
+    assert [(t.tag_type, t.timestamp, t.body) for t in got] == [t for b in batches for t in b]
+    assert enc.size == len(data)
+    assert enc.tags == len(got)
 
 
 @settings(max_examples=300, deadline=None)
@@ -82,61 +125,3 @@ def test_round_trip(tags: list[tuple[int, int, bytes]]) -> None:
 def test_fuzz_reader_raises_only_flv_error(data: bytes) -> None:
     with contextlib.suppress(flv.FLVError):
         flv.parse_flv(b"FLV\x01\x05\x00\x00\x00\x09\x00\x00\x00\x00" + data)
-
-
-def test_batches_on_an_unbuffered_file_are_written_with_writev(tmp_path: Path) -> None:
-    # More tags than one writev takes (1024 pieces): the batch is split and nothing is lost.
-    path = tmp_path / "b.flv"
-    w = flv.FLVWriter(open(path, "wb", buffering=0), audio=True, video=True)  # noqa: SIM115
-    tags = [
-        flv.Tag(8 if i % 3 else 9, (i * 0x1234567) & 0xFFFFFFFF, bytes([i & 0xFF]) * (i % 50))
-        for i in range(1500)
-    ]
-    msgs = [flv.TagItem(t.tag_type, t.timestamp, t.body) for t in tags]
-    w.write_messages(msgs[:1])
-    w.write_messages(msgs[1:])
-    w.write_messages([])
-    w.close()
-    data = path.read_bytes()
-    assert len(data) == w.bytes_written
-    _header, got = flv.read_flv(data)
-    assert got == tags
-
-
-def test_short_writes_are_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "c.flv"
-    w = flv.FLVWriter(open(path, "wb", buffering=0), audio=True, video=True)  # noqa: SIM115
-    real = flv.os.writev
-
-    def short(fd: int, parts: list[bytes]) -> int:  # at most 7 bytes per call
-        return real(fd, [bytes(b"".join(parts)[:7])])
-
-    monkeypatch.setattr(flv.os, "writev", short)
-    w.write_messages(
-        [flv.TagItem(9, 40, b"\x17\x01" + bytes(30)), flv.TagItem(8, 41, b"\xaf\x01xyz")]
-    )
-    monkeypatch.undo()
-    w.close()
-    _header, got = flv.read_flv(path.read_bytes())
-    assert [(t.tag_type, t.timestamp, t.body) for t in got] == [
-        (9, 40, b"\x17\x01" + bytes(30)),
-        (8, 41, b"\xaf\x01xyz"),
-    ]
-
-
-def test_buffered_writer_holds_small_batches_until_the_threshold(tmp_path: Path) -> None:
-    path = tmp_path / "d.flv"
-    w = flv.FLVWriter(open(path, "wb", buffering=0), buffer_size=100)  # noqa: SIM115
-    w.write_messages([flv.TagItem(8, 0, b"\xaf\x01" + bytes(30))])  # 47 bytes: held
-    assert path.stat().st_size == 13
-    w.write_messages([flv.TagItem(8, 23, b"\xaf\x01" + bytes(60))])  # 47 + 77 >= 100: out
-    assert path.stat().st_size == 13 + 47 + 77
-    w.write_messages([flv.TagItem(9, 40, b"\x17\x01" + bytes(200))])  # big: straight out
-    assert path.stat().st_size == w.bytes_written
-    w.write_messages([flv.TagItem(8, 46, b"\xaf\x01x")])
-    w.flush()
-    assert path.stat().st_size == w.bytes_written
-    w.write_messages([flv.TagItem(8, 69, b"\xaf\x01y")])
-    w.close()
-    _header, tags = flv.read_flv(path.read_bytes())
-    assert [t.timestamp for t in tags] == [0, 23, 40, 46, 69]

@@ -4,16 +4,15 @@ This module owns the byte layout of FLV: the 9-byte header with its audio/video 
 PreviousTagSize0, and tags (11-byte header with the 24+8-bit extended timestamp, the
 body, then the 4-byte PreviousTagSize). RTMP audio (8), video (9) and AMF0 data (18)
 messages map one to one onto FLV tags, so a tag body is an RTMP message payload unchanged.
+No I/O: the encoder returns what to write; writing files is `server.flvfile`'s business.
 """
 
 from __future__ import annotations
 
-import io
-import os
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 from .errors import RemoteProtocolError
 
@@ -31,7 +30,6 @@ _U32 = struct.Struct(">I")
 # timestamp bits << 8 | TimestampExtended; with the previous tag's PreviousTagSize in front.
 _HEADER = struct.Struct(">IIxxx")
 _PREV_AND_HEADER = struct.Struct(">IIIxxx")
-_IOV_MAX = 1024
 
 
 class FLVError(RemoteProtocolError):
@@ -60,49 +58,44 @@ def tag(tag_type: int, timestamp: int, body: bytes) -> bytes:
     return tag_header(tag_type, timestamp, size) + body + _U32.pack(size + 11)
 
 
-class FLVWriter:
-    """Writes FLV tags to a binary file object.
+class FLVEncoder:
+    """The bytes of one FLV stream, as pieces for the caller to write (no I/O here).
 
-    The header's audio/video flags are first set from what the caller expects (for example
-    from onMetaData); `close()` rewrites them from what was really written, when the file is
-    seekable, so the header always matches the stream.
-
-    On an unbuffered file (`open(path, "wb", buffering=0)`), tags go out with `os.writev`:
-    the bodies reach the kernel as they are, uncopied. With `buffer_size`, tags are held
-    until that many bytes are waiting (or `flush()`/`close()`), so a slow stream does not
-    cost a system call per frame; with 0 each `write_messages` call is written at once.
+    `file_header()` gives the 9-byte header and PreviousTagSize0, its audio/video flags set
+    from what the caller expects (for example from onMetaData). `encode(msgs, out)` appends
+    one tag per message to `out`: header words as small `bytes`, the message's own pieces
+    (views of what arrived, uncopied) as its body. Each call's pieces end with the last tag's
+    PreviousTagSize, so a file cut after any whole call is a complete FLV file. `flags_fixup()`
+    says what to write at `FLAGS_OFFSET` when the stream carried other tracks than the header
+    announced (a reader that trusts the flags, like flvdemux, then sees the real tracks).
     """
 
-    def __init__(
-        self,
-        fileobj: BinaryIO,
-        *,
-        audio: bool = True,
-        video: bool = True,
-        buffer_size: int = 0,
-    ) -> None:
-        self._f = fileobj
-        self._fd = fileobj.fileno() if isinstance(fileobj, io.FileIO) else None
-        self.buffer_size = buffer_size
-        self._queue: list[bytes | memoryview] = []
-        self._queued = 0
-        self._flags_written = (FLAG_AUDIO if audio else 0) | (FLAG_VIDEO if video else 0)
-        self._seen = 0
-        self._write([file_header(audio=audio, video=video)])
+    __slots__ = ("_announced", "flags", "size", "tags")
+
+    def __init__(self, *, audio: bool = True, video: bool = True) -> None:
+        self._announced = (FLAG_AUDIO if audio else 0) | (FLAG_VIDEO if video else 0)
+        #: The FLAG_AUDIO/FLAG_VIDEO bits of the tags encoded so far.
+        self.flags = 0
+        #: Tags encoded so far.
         self.tags = 0
-        self.bytes_written = 13
+        #: Bytes of the stream so far, the file header included.
+        self.size = HEADER_SIZE + 4
 
-    def write_tag(self, tag_type: int, timestamp: int, body: bytes) -> None:
-        self.write_messages((TagItem(tag_type, timestamp, body),))
+    def file_header(self) -> bytes:
+        """The FLV header plus PreviousTagSize0 (13 bytes), with the announced flags."""
+        return file_header(
+            audio=bool(self._announced & FLAG_AUDIO), video=bool(self._announced & FLAG_VIDEO)
+        )
 
-    def write_messages(self, msgs: Iterable[TagSource]) -> None:
-        """Append one tag per message (type id, timestamp and payload unchanged)."""
-        parts: list[bytes | memoryview] = []
-        append = parts.append
+    def encode(self, msgs: Iterable[TagSource], out: list[bytes | memoryview]) -> int:
+        """Append one tag per message (type id, timestamp and payload unchanged) to `out`;
+        the number of bytes appended (0, and nothing appended, for no messages)."""
+        append = out.append
+        extend = out.extend
         pack = _PREV_AND_HEADER.pack
         prev = -1
         written = count = 0
-        seen = self._seen
+        seen = self.flags
         for msg in msgs:
             size = msg.size
             tag_type = msg.type_id
@@ -112,7 +105,7 @@ class FLVWriter:
             else:
                 # The previous tag's PreviousTagSize and this tag's header in one piece.
                 append(pack(prev, tag_type << 24 | size, stamp))
-            parts += msg.pieces()
+            extend(msg.pieces())
             prev = size + 11
             written += size + 15
             count += 1
@@ -121,63 +114,23 @@ class FLVWriter:
             elif tag_type == TAG_AUDIO:
                 seen |= FLAG_AUDIO
         if prev < 0:
-            return
+            return 0
         append(_U32.pack(prev))
-        self._seen = seen
+        self.flags = seen
         self.tags += count
-        self.bytes_written += written
-        if self._queue or written < self.buffer_size:
-            self._queue += parts
-            self._queued += written
-            if self._queued >= self.buffer_size:
-                self.flush()
-        else:
-            self._write(parts)
+        self.size += written
+        return written
 
-    def _write(self, parts: list[bytes | memoryview]) -> None:
-        fd = self._fd
-        if fd is None:
-            for part in parts:
-                self._f.write(part)
-            return
-        while parts:
-            batch = parts[:_IOV_MAX]
-            done = os.writev(fd, batch)
-            total = sum(map(len, batch))
-            if done == total:
-                del parts[: len(batch)]
-                continue
-            # A short write (a signal, a full disk): drop what went out, go on from there.
-            i = 0
-            while done >= len(parts[i]):
-                done -= len(parts[i])
-                i += 1
-            parts[i] = parts[i][done:]
-            del parts[:i]
-
-    def flush(self) -> None:
-        """Write the tags held back, then flush the file object."""
-        if self._queue:
-            queue = self._queue
-            self._queue = []
-            self._queued = 0
-            self._write(queue)
-        self._f.flush()
-
-    def close(self) -> None:
-        """Fix the header flags if the stream differed from the guess, then close the file."""
-        self.flush()
-        f = self._f
-        if self._seen != self._flags_written and f.seekable():
-            end = f.tell()
-            f.seek(FLAGS_OFFSET)
-            f.write(bytes((self._seen,)))
-            f.seek(end)
-        f.close()
+    def flags_fixup(self) -> bytes | None:
+        """The flags byte to write at `FLAGS_OFFSET` once the stream is complete, or None when
+        the header already says what the stream carried."""
+        if self.flags == self._announced:
+            return None
+        return bytes((self.flags,))
 
 
 class TagSource(Protocol):
-    """What `write_messages` needs of a message (an RTMP `Message` has it)."""
+    """What `FLVEncoder.encode` needs of a message (an RTMP `Message` has it)."""
 
     @property
     def type_id(self) -> int: ...

@@ -1,0 +1,305 @@
+"""One FLV file being written: the file descriptor, the tags held back, and when they go out.
+
+This module owns the file side of a recording; the bytes come from `protocol.flv.FLVEncoder`.
+Tags are held and written with one `os.writev` for many of them (the bodies go to the kernel
+as the views they arrived in, uncopied), so a live stream does not cost a system call per
+frame. What is held goes out when `buffer_size` bytes are waiting, or `flush_interval` seconds
+after the first of them was queued (a timer on the running event loop, since a publisher may
+go silent), whichever comes first. Every write ends on a tag boundary, so a killed process
+leaves a readable FLV file that lacks at most the last `flush_interval` seconds. With
+`fsync_interval`, written tags are also forced to the disk that often (for a power cut, not
+only a killed process).
+
+A file that its owner never closes is still finished: when the `FLVFile` is garbage-collected,
+and at interpreter exit for every file still open, held tags are written, the header flags
+fixed and the descriptor closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import logging
+import os
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import NoReturn
+
+from ..protocol.flv import FLAGS_OFFSET, FLVEncoder, TagSource
+
+log = logging.getLogger(__name__)
+
+#: Bytes of tags held before a write (0.7 s of a 3 Mbit/s stream).
+WRITE_BUFFER = 256 * 1024
+#: Seconds a held tag waits at most before it is written.
+FLUSH_INTERVAL = 1.0
+# Pieces per writev: Linux's IOV_MAX (a longer list fails with EINVAL).
+_IOV_MAX = 1024
+
+_open_files: weakref.WeakSet[FLVFile] = weakref.WeakSet()
+
+
+def _close_all_at_exit() -> None:
+    """Finish every file still open: a library user who never closed the server keeps them."""
+    for f in list(_open_files):
+        try:
+            f.close()
+        except OSError as exc:
+            log.error("recording %s: not finished at exit: %s", f.path, exc)
+
+
+atexit.register(_close_all_at_exit)
+
+
+class FLVFile:
+    """Writes an FLV stream to a file descriptor it owns (see the module's description).
+
+    Errors of the file (a full disk, an I/O error) raise `OSError` from `write_messages`,
+    `flush` and `close`; one in a timer's write is kept and raised by the next call, and the
+    file is then closed.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_dirty",
+        "_encoder",
+        "_error",
+        "_fd",
+        "_held_since",
+        "_queue",
+        "_queued",
+        "_sync_timer",
+        "_synced",
+        "_timer",
+        "buffer_size",
+        "flush_interval",
+        "fsync_interval",
+        "path",
+    )
+
+    def __init__(
+        self,
+        fd: int,
+        path: Path,
+        *,
+        audio: bool = True,
+        video: bool = True,
+        buffer_size: int = WRITE_BUFFER,
+        flush_interval: float = FLUSH_INTERVAL,
+        fsync_interval: float = 0.0,
+    ) -> None:
+        """Write to `fd` (opened for writing at offset 0), which is the file's from now on:
+        closed by `close()`, or at once if this raises."""
+        self._fd = -1
+        self.path = path
+        self._error: OSError | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._sync_timer: asyncio.TimerHandle | None = None
+        try:
+            if buffer_size < 0 or flush_interval < 0 or fsync_interval < 0:
+                raise ValueError(
+                    f"buffer_size {buffer_size}, flush_interval {flush_interval} and "
+                    f"fsync_interval {fsync_interval} must not be negative"
+                )
+            self.buffer_size = buffer_size
+            self.flush_interval = flush_interval
+            self.fsync_interval = fsync_interval
+            self._encoder = FLVEncoder(audio=audio, video=video)
+            self._queue: list[bytes | memoryview] = []
+            self._queued = 0
+            self._held_since = 0.0
+            self._synced = time.monotonic()
+            self._dirty = False
+            self._fd = fd
+            self._write([self._encoder.file_header()])
+        except BaseException:
+            self._fd = -1
+            os.close(fd)
+            raise
+        _open_files.add(self)
+
+    @classmethod
+    def create(
+        cls,
+        path: Path,
+        *,
+        buffer_size: int = WRITE_BUFFER,
+        flush_interval: float = FLUSH_INTERVAL,
+        fsync_interval: float = 0.0,
+    ) -> FLVFile:
+        """A new file at `path` (FileExistsError if there is one: nothing is overwritten)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        return cls(
+            fd,
+            path,
+            buffer_size=buffer_size,
+            flush_interval=flush_interval,
+            fsync_interval=fsync_interval,
+        )
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    @property
+    def tags(self) -> int:
+        """Tags written or held."""
+        return self._encoder.tags
+
+    @property
+    def size(self) -> int:
+        """Bytes of the file once the tags held are written."""
+        return self._encoder.size
+
+    def write_messages(self, msgs: Iterable[TagSource]) -> None:
+        """Append one tag per message (type id, timestamp and payload unchanged)."""
+        if self._fd < 0:
+            self._raise_closed()
+        n = self._encoder.encode(msgs, self._queue)
+        if not n:
+            return
+        queued = self._queued + n
+        self._queued = queued
+        if queued >= self.buffer_size:
+            self.flush()
+        elif queued == n:
+            # The first tag held: it goes out within flush_interval, whatever comes next.
+            self._held_since = time.monotonic()
+            if self.flush_interval <= 0:
+                self.flush()
+                return
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # no loop: the next write or close() checks the time
+            self._timer = loop.call_later(self.flush_interval, self._flush_due)
+        elif time.monotonic() - self._held_since >= self.flush_interval:
+            # The timer is late (a busy loop) or there is no loop.
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the tags held back now."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._fd < 0:
+            self._raise_closed()
+        if not self._queued:
+            return
+        queue = self._queue
+        self._queue = []
+        self._queued = 0
+        self._write(queue)
+        if self.fsync_interval > 0:
+            self._after_write()
+
+    def close(self) -> None:
+        """Write what is held, fix the header flags to the tracks the stream really carried,
+        and close the file. Closing twice does nothing."""
+        fd = self._fd
+        if fd < 0:
+            return
+        for timer in (self._timer, self._sync_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._sync_timer = None
+        try:
+            queue = self._queue
+            self._queue = []
+            self._queued = 0
+            self._write(queue)
+            fixup = self._encoder.flags_fixup()
+            if fixup is not None:
+                os.pwrite(fd, fixup, FLAGS_OFFSET)
+            if self.fsync_interval > 0:
+                os.fsync(fd)
+        finally:
+            self._fd = -1
+            _open_files.discard(self)
+            os.close(fd)
+
+    def __del__(self) -> None:
+        # A recorder dropped without on_end (a library user's server never closed).
+        if getattr(self, "_fd", -1) >= 0:
+            try:
+                self.close()
+            except OSError as exc:
+                log.error("recording %s: not finished when dropped: %s", self.path, exc)
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _write(self, parts: list[bytes | memoryview]) -> None:
+        fd = self._fd
+        while parts:
+            batch = parts[:_IOV_MAX]
+            done = os.writev(fd, batch)
+            total = sum(map(len, batch))
+            if done == total:
+                del parts[: len(batch)]
+                continue
+            if done <= 0:
+                raise OSError(f"writev wrote {done} of {total} bytes")
+            # A short write (a signal, a full disk): drop what went out, go on from there.
+            i = 0
+            while done >= len(parts[i]):
+                done -= len(parts[i])
+                i += 1
+            parts[i] = parts[i][done:]
+            del parts[:i]
+
+    def _after_write(self) -> None:
+        """fsync now if the last one is fsync_interval old, else arm a timer for it."""
+        self._dirty = True
+        if self._sync_timer is not None:
+            return
+        wait = self._synced + self.fsync_interval - time.monotonic()
+        if wait <= 0:
+            self._sync()
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop: the next write or close() syncs
+        self._sync_timer = loop.call_later(wait, self._sync_due)
+
+    def _sync(self) -> None:
+        os.fsync(self._fd)
+        self._synced = time.monotonic()
+        self._dirty = False
+
+    def _flush_due(self) -> None:
+        self._timer = None
+        self._in_timer(self.flush)
+
+    def _sync_due(self) -> None:
+        self._sync_timer = None
+        # What is held is on its way anyway: write it first, then force both to disk.
+        self._in_timer(self._flush_and_sync)
+
+    def _flush_and_sync(self) -> None:
+        self.flush()
+        if self._dirty:
+            self._sync()
+
+    def _in_timer(self, action: Callable[[], None]) -> None:
+        if self._fd < 0:
+            return
+        try:
+            action()
+        except OSError as exc:
+            # Nobody to raise to in a timer: close the file (what was written stays
+            # readable) and raise it from the next call.
+            log.error("recording %s: write failed, recording stopped: %s", self.path, exc)
+            self._error = exc
+            fd, self._fd = self._fd, -1
+            _open_files.discard(self)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _raise_closed(self) -> NoReturn:
+        if self._error is not None:
+            raise OSError(self._error.errno, f"{self.path}: {self._error}") from self._error
+        raise ValueError(f"{self.path}: write to a closed FLV file")
