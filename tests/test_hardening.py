@@ -584,3 +584,24 @@ def test_a_late_answer_for_a_publisher_that_left_does_nothing(tmp_path: Path) ->
 
     run(main())
     assert answered == [True]  # the first handler was cancelled; only the second answered
+
+
+def test_a_publish_that_cannot_be_recorded_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The publisher is not told Publish.Start and then silently left unrecorded."""
+    caplog.set_level(logging.WARNING, "rtmp2server")
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+
+    async def main() -> str:
+        async with RTMPServer(ServerConfig(host="127.0.0.1", port=0, record_dir=blocker)) as server:
+            c = await AsyncClient.open(server.port)
+            _, status = await c.publish("cam")
+            await c.close()
+            return str(status.info["code"]) + " " + str(status.info["description"])
+
+    answer = run(main())
+    assert answer.startswith("NetStream.Publish.BadName cam cannot be recorded"), answer
+    assert str(blocker) not in answer  # no server path to the client
+    assert any("refused: cannot record" in r.getMessage() for r in caplog.records)

@@ -262,7 +262,9 @@ def test_close_finishes_recordings(tmp_path: Path) -> None:
         sid, _ = await c.publish("open")
         c.conn.send_media(sid, 8, 0, b"\xaf\x00\x12\x10")
         await c.flush()
-        await wait_for(lambda: any(tmp_path.rglob("*.flv")))
+        stream = s.registry.get("live", "open")
+        assert stream is not None
+        await wait_for(lambda: stream.audio_frames == 1)
         await s.close()
 
     run(main())

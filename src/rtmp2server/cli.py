@@ -84,6 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {d.max_name_length})",
     )
     p.add_argument(
+        "--record-flush-interval",
+        type=float,
+        default=d.record_flush_interval,
+        help="seconds recorded tags may wait in memory: the most a killed server loses "
+        f"(default {d.record_flush_interval:g})",
+    )
+    p.add_argument(
+        "--record-fsync-interval",
+        type=float,
+        default=d.record_fsync_interval,
+        help="seconds between fsyncs of each recording; 0: never "
+        f"(default {d.record_fsync_interval:g})",
+    )
+    p.add_argument(
         "--drain-timeout",
         type=float,
         default=d.drain_timeout,
@@ -144,6 +158,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_connections_per_ip=args.max_connections_per_ip,
         max_name_length=args.max_name_length,
         drain_timeout=args.drain_timeout,
+        record_flush_interval=args.record_flush_interval,
+        record_fsync_interval=args.record_fsync_interval,
         relay=None
         if args.no_play
         else RelayConfig(

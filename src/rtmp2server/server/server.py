@@ -25,7 +25,7 @@ from ..protocol.connection import ServerConnection, State
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.events import PlayRequest, PublishRequest, StreamClosed
 from ..protocol.messages import Message
-from .recorder import Recorder
+from .recorder import Recorder, RecordingError
 from .registry import Stream, StreamRegistry
 from .relay import Relay, RelayConfig
 
@@ -61,6 +61,12 @@ class ServerConfig:
     """Connections at once from one address; 0: no limit."""
     max_name_length: int = 256
     """Longest application or stream name accepted, in characters (nginx-rtmp's bound)."""
+    record_flush_interval: float = 1.0
+    """Seconds tags may wait in memory before they are written: what a killed server (SIGKILL,
+    OOM) can lose of a recording at most."""
+    record_fsync_interval: float = 0.0
+    """Seconds between fsyncs of each recording (0: never; the kernel writes it back). An
+    fsync runs on the event loop and blocks it for as long as the disk takes."""
     max_pending_bytes: int = 8 * 1024 * 1024
     """Bytes of media held per publish while its publish handler decides; above this the
     publisher's socket is not read until the answer (TCP back-pressure, nothing dropped)."""
@@ -353,6 +359,9 @@ class Session(asyncio.BufferedProtocol):
             return
         try:
             answer = self.server.publish_handler(stream)
+        except RecordingError as err:
+            self._refuse_unrecordable(req, stream, err)
+            return
         except Exception:
             log.exception("peer %s: publish handler failed", self.peer)
             answer = False
@@ -372,6 +381,10 @@ class Session(asyncio.BufferedProtocol):
         accepted = False
         if not task.cancelled():
             error = task.exception()
+            if isinstance(error, RecordingError):
+                self._refuse_unrecordable(pending.request, pending.stream, error)
+                self.flush()
+                return
             if error is not None:
                 log.error("peer %s: publish handler failed: %r", self.peer, error, exc_info=error)
             else:
@@ -414,6 +427,19 @@ class Session(asyncio.BufferedProtocol):
             stream.flash_ver,
         )
         registry.started(stream)
+
+    def _refuse_unrecordable(
+        self, req: PublishRequest, stream: Stream, err: RecordingError
+    ) -> None:
+        self.server.registry.release(stream)
+        log.warning(
+            "peer %s: publish %s/%s refused: cannot record: %s",
+            self.peer,
+            stream.app,
+            stream.name,
+            err,
+        )
+        self.conn.reject_publish(req, f"{req.name} cannot be recorded: {err.reason}.")
 
     def _hold(self, pending: _PendingPublish, msg: Message) -> None:
         """Keep `msg` until the publish is decided; stop reading past the bound."""
@@ -545,8 +571,15 @@ class RTMPServer:
 
     def record_publish(self, stream: Stream) -> bool:
         """The default publish policy: accept, and record when a record dir is set."""
-        if self.config.record_dir is not None:
-            stream.add_sink(Recorder(self.config.record_dir))
+        cfg = self.config
+        if cfg.record_dir is not None:
+            recorder = Recorder(
+                cfg.record_dir,
+                flush_interval=cfg.record_flush_interval,
+                fsync_interval=cfg.record_fsync_interval,
+            )
+            recorder.open(stream)  # RecordingError: the publish is refused, not lied to
+            stream.add_sink(recorder)
         return True
 
     @property
