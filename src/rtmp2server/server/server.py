@@ -228,6 +228,8 @@ class Session(asyncio.BufferedProtocol):
         if self.transport is not None:
             stream.pause_reading = self.transport.pause_reading
             stream.resume_reading = self.transport.resume_reading
+        sid = req.stream_id
+        stream.close = lambda reason: self._close_publish(sid, reason)
         registry = self.server.registry
         if not registry.claim(stream):
             log.warning(
@@ -264,6 +266,14 @@ class Session(asyncio.BufferedProtocol):
             stream.flash_ver,
         )
         registry.started(stream)
+
+    def _close_publish(self, stream_id: int, reason: str) -> None:
+        """Another publisher takes this publish's name over: end it (its recording is
+        finished) and close the connection. Aborted, not closed: a stalled or half-dead peer
+        would never drain what we still had to send it."""
+        if stream_id in self.published:
+            self._end_publish(stream_id, reason)
+            self.abort()
 
     def _end_publish(self, stream_id: int, why: str) -> None:
         stream = self.published.pop(stream_id, None)
@@ -302,7 +312,8 @@ class RTMPServer:
         play_handler: PlayHandler | None = None,
     ) -> None:
         self.config = config or ServerConfig()
-        self.registry = registry or StreamRegistry()
+        # `is None`, not `or`: an empty registry is falsy (it has a length).
+        self.registry = registry if registry is not None else StreamRegistry()
         self.publish_handler: PublishHandler = publish_handler or self.record_publish
         self.play_handler: PlayHandler | None = play_handler
         self.relay: Relay | None = None
