@@ -2,8 +2,9 @@
 
 Every byte a player gets is checked against what the publisher sent: the join point (GOP
 cache), timestamps rebased to zero and monotonic, waiting for a publisher, StreamNotFound,
-unpublish (with no grace) and a returning publisher, pause, receiveVideo, back-pressure from a player that
-never reads, and multitrack filtering for players without Enhanced RTMP.
+unpublish (with no grace; test_republish has the gaps players do not see) and a returning
+publisher, pause, receiveVideo, back-pressure from a player that never reads, and multitrack
+filtering for players without Enhanced RTMP.
 """
 
 from __future__ import annotations

@@ -332,8 +332,7 @@ class Channel:
             if math.isfinite(grace):
                 self.grace = asyncio.get_running_loop().call_later(grace, self._grace_over)
             log.info(
-                "relay %s/%s: publish ended; %d player(s) kept for %g s for a publisher to "
-                "return",
+                "relay %s/%s: publish ended; %d player(s) kept for %g s for a publisher to return",
                 *self.key,
                 len(self.players),
                 grace,
