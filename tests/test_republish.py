@@ -345,3 +345,23 @@ def test_players_leaving_in_a_gap_free_the_channel() -> None:
             assert timer.cancelled() and not channel.gap
 
     run(main())
+
+
+def test_after_the_grace_a_player_that_stays_waits_play_wait_then_is_detached() -> None:
+    async def main() -> None:
+        async with server(republish_grace=0.2, play_wait=0.3) as s:
+            a = await Peer.open(s.port)
+            await a.publish("over")
+            await a.send([(VIDEO, 0, AVC_SEQ), (AUDIO, 0, AAC_SEQ), *av_frames(10)])
+            player = await Peer.open(s.port)
+            await player.play("over")
+            await player.wait(lambda: len(player.av()) >= 2 + 20)
+            await a.close()
+            await player.status("NetStream.Play.StreamNotFound")
+            assert ends(player) == [UNPUBLISHED, "STREAM_EOF"]
+            assert player.statuses[-2:] == [UNPUBLISHED, "NetStream.Play.StreamNotFound"]
+            assert s.relay is not None and not s.relay.players() and not s.relay.channels
+            assert not player.closed.is_set()  # the connection stays; only its play ended
+            await player.close()
+
+    run(main())

@@ -32,7 +32,9 @@ from where they were, its metadata and sequence headers, and video from its firs
 Only when the gap outlasts the grace do players get `NetStream.Play.UnpublishNotify` and then
 User Control Stream EOF; ffmpeg, rtmpdump (librtmp) and GStreamer's rtmp2src end their play on
 those, so a gap must be hidden from them or it ends them. A player that stays connected after
-that waits for a publisher that comes back (`NetStream.Play.PublishNotify`).
+that waits `RelayConfig.play_wait` more for a publisher to come back
+(`NetStream.Play.PublishNotify`), as a new player would, then gets
+`NetStream.Play.StreamNotFound` and is detached.
 
 Players that did not announce Enhanced RTMP multitrack support in `connect` get only the
 default track (track id 0) of multitrack streams, rewritten as ordinary E-RTMP messages.
@@ -359,7 +361,8 @@ class Channel:
         self._unpublished()
 
     def _unpublished(self) -> None:
-        """Tell every player the publish is over; they stay for one that comes back."""
+        """Tell every player the publish is over (UnpublishNotify, then Stream EOF); those
+        that stay wait `play_wait` for one that comes back."""
         for p in self.players:
             if p.waiting:
                 continue
@@ -378,7 +381,7 @@ class Channel:
                 p.timer.cancel()
             p.timer = asyncio.get_running_loop().call_later(STREAM_EOF_DELAY, _stream_eof, p)
         log.info(
-            "relay %s/%s: publish ended, %d player(s) wait for it to return",
+            "relay %s/%s: publish ended; %d player(s) told so",
             *self.key,
             len(self.players),
         )
@@ -736,9 +739,16 @@ class Channel:
 
 def _stream_eof(p: Player) -> None:
     p.timer = None
-    if p.channel is not None and p.channel.stream is None and not p.session.closed:
+    channel = p.channel
+    if channel is not None and channel.stream is None and not p.session.closed:
         p.conn.send_user_control(UserControlEvent.STREAM_EOF, p.sid)
         p.session.flush()
+        # ffmpeg, rtmpdump and rtmp2src have left by now; a player that stays waits for a
+        # publisher as a new one would (`play_wait`), so that it is bounded too.
+        relay = channel.relay
+        wait = relay.config.play_wait
+        if math.isfinite(wait):
+            p.timer = asyncio.get_running_loop().call_later(max(wait, 0), relay._not_found, p)
 
 
 def _header_order(entry: _Entry) -> int:
@@ -845,9 +855,10 @@ class Relay:
         )
         p.session.flush()
         log.info(
-            "play %s/%s: peer=%s stream not found after %g s",
+            "play %s/%s: peer=%s %s after %g s",
             *channel.key,
             p.peer,
+            "no publisher came back" if p.video_frames or p.audio_frames else "stream not found",
             self.config.play_wait,
         )
 
