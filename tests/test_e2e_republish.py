@@ -9,10 +9,10 @@ name is published by four ffmpeg processes in turn, the ways an encoder comes ba
 3. the third is killed (SIGKILL) and a fourth publishes a second later, inside the grace;
 4. the fourth runs to its end; the players get the end of the stream once the grace is over.
 
-Players attached all the while (Debian's ffmpeg, rtmpdump, GStreamer's rtmp2src) must keep
-running through every change and exit cleanly at the end, and their files must hold the
-frames of all four publishers, each from its first keyframe, bit-exact, with timestamps that
-never go back (ffprobe judges). Each publish has its own complete recording.
+Players attached all the while (Debian's ffmpeg 5.1, ffmpeg 9, rtmpdump, GStreamer's
+rtmp2src) must keep running through every change and exit cleanly at the end, and their files
+must hold the frames of all four publishers, each from its first keyframe, bit-exact, with
+timestamps that never go back (ffprobe judges). Each publish has its own complete recording.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ __all__ = ["media_dir", "relay_server"]  # test_e2e_play's fixtures, used here b
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
-PLAYERS = ("ffmpeg-debian", "rtmpdump", "gst-rtmp2src")
+PLAYERS = ("ffmpeg-debian", "ffmpeg-9", "rtmpdump", "gst-rtmp2src")
 NAME = "reconnect"
 
 
