@@ -365,3 +365,35 @@ def test_after_the_grace_a_player_that_stays_waits_play_wait_then_is_detached() 
             await player.close()
 
     run(main())
+
+
+def test_a_publish_the_handler_refuses_does_not_take_over() -> None:
+    media = av_frames(40)
+
+    async def main() -> None:
+        cfg = ServerConfig(host="127.0.0.1", port=0, relay=RelayConfig())
+        s = RTMPServer(cfg, publish_handler=lambda stream: stream.query != "key=wrong")
+        async with s:
+            a = await Peer.open(s.port)
+            await a.publish("mine")
+            await a.send([(VIDEO, 0, AVC_SEQ), (AUDIO, 0, AAC_SEQ), *media[:20]])
+            player = await Peer.open(s.port)
+            await player.play("mine")
+            await player.wait(lambda: len(player.av()) >= 22)
+            intruder = await Peer.open(s.port)
+            await intruder.connect()
+            intruder.conn.publish(intruder.sid, "mine?key=wrong")
+            await intruder.status("NetStream.Publish.BadName")
+            await a.send(media[20:])
+            await player.wait(lambda: len(player.av()) >= 2 + len(media))
+            assert not a.closed.is_set() and s.registry.get("live", "mine") is not None
+            # The right key takes over.
+            b = await Peer.open(s.port)
+            await b.publish("mine?key=right")
+            await a.wait(lambda: a.closed.is_set())
+            for p in (b, intruder, player):
+                await p.close()
+            assert [m.payload for m in player.av()[2:]] == [p for _, _, p in media]
+            assert ends(player) == []
+
+    run(main())

@@ -135,7 +135,8 @@ class StreamRegistry:
       encoder reconnecting: OBS or ffmpeg whose old connection is stalled or half-dead (a
       dropped network link, a NAT that forgot it) is otherwise refused as "already being
       published" until the server notices the old connection is gone (the idle timeout,
-      30 s, or TCP's own much longer timeouts). With access control on publish, only a
+      30 s, or TCP's own much longer timeouts). A session claims the name only after its
+      publish handler accepted the publish, so with access control on publish only a
       holder of the stream's key can take it over.
     - ``"refuse"``: the second publish is refused with NetStream.Publish.BadName and the
       first goes on (nginx-rtmp's and node-media-server's behaviour).
@@ -159,6 +160,12 @@ class StreamRegistry:
 
     def __len__(self) -> int:
         return len(self._streams)
+
+    def refuses(self, stream: Stream) -> bool:
+        """Whether `claim(stream)` would refuse it: its key is taken and the policy is
+        "refuse". A session asks before the publish handler runs, and claims after it
+        accepted, so that only an accepted publish can take a name over."""
+        return self.republish == "refuse" and stream.key in self._streams
 
     def claim(self, stream: Stream) -> bool:
         """Register `stream` as the publisher of its key. If the key is taken: with the

@@ -231,7 +231,7 @@ class Session(asyncio.BufferedProtocol):
         sid = req.stream_id
         stream.close = lambda reason: self._close_publish(sid, reason)
         registry = self.server.registry
-        if not registry.claim(stream):
+        if registry.refuses(stream):
             log.warning(
                 "peer %s: publish %s/%s refused: already being published",
                 self.peer,
@@ -255,6 +255,9 @@ class Session(asyncio.BufferedProtocol):
             )
             conn.reject_publish(req, f"{req.name} is not accepted here.")
             return
+        # Claimed only once accepted: a publish the handler refuses (no route for it, no
+        # permission) never takes the name over from the one that has it.
+        registry.claim(stream)
         self.published[req.stream_id] = stream
         conn.accept_publish(req)
         log.info(
