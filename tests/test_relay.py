@@ -2,8 +2,9 @@
 
 Every byte a player gets is checked against what the publisher sent: the join point (GOP
 cache), timestamps rebased to zero and monotonic, waiting for a publisher, StreamNotFound,
-unpublish and a returning publisher, pause, receiveVideo, back-pressure from a player that
-never reads, and multitrack filtering for players without Enhanced RTMP.
+unpublish (with no grace; test_republish has the gaps players do not see) and a returning
+publisher, pause, receiveVideo, back-pressure from a player that never reads, and multitrack
+filtering for players without Enhanced RTMP.
 """
 
 from __future__ import annotations
@@ -209,7 +210,7 @@ def test_late_joiner_gets_metadata_headers_and_the_cached_gop(tmp_path: Path) ->
     rest = av_frames(40, start=45)
 
     async def main() -> None:
-        async with server(tmp_path) as s:
+        async with server(tmp_path, republish_grace=0) as s:
             pub = await Peer.open(s.port)
             await pub.publish("cam")
             await pub.send([(VIDEO, 0, AVC_SEQ), (AUDIO, 0, AAC_SEQ), *first], METADATA)
@@ -245,7 +246,7 @@ def test_player_waits_for_publisher_gets_all_audio_and_video_from_its_first_keyf
     media = av_frames(70)
 
     async def main() -> None:
-        async with server(play_wait=5.0) as s:
+        async with server(play_wait=5.0, republish_grace=0) as s:
             player = await Peer.open(s.port)
             await player.play("later")
             await player.status("NetStream.Play.Start")
@@ -305,11 +306,12 @@ def test_stream_not_found_after_the_wait_and_at_once_with_zero_wait() -> None:
 
 
 def test_unpublish_then_a_returning_publisher_resumes_players_monotonic() -> None:
+    """With no grace (test_republish has the gaps players do not see)."""
     one = av_frames(40)
     two = av_frames(40)  # the new publisher starts again at timestamp 0
 
     async def main() -> None:
-        async with server() as s:
+        async with server(republish_grace=0) as s:
             pub = await Peer.open(s.port)
             await pub.publish("again")
             await pub.send([(VIDEO, 0, AVC_SEQ), (AUDIO, 0, AAC_SEQ), *one], METADATA)

@@ -16,6 +16,7 @@ import pytest
 from rtmp2server.protocol import amf0, flv
 from rtmp2server.protocol.client import ClientCommand, ClientConnection
 from rtmp2server.server import RTMPServer, ServerConfig
+from rtmp2server.server.registry import StreamRegistry
 
 
 def run(coro: Awaitable[Any]) -> Any:
@@ -127,9 +128,13 @@ def test_publish_is_recorded_bit_exact(tmp_path: Path) -> None:
     assert [(t.tag_type, t.timestamp, t.body) for t in tags[1:]] == media
 
 
-def test_second_publisher_for_same_name_gets_bad_name(tmp_path: Path) -> None:
+def test_second_publisher_for_same_name_gets_bad_name_with_republish_refuse(
+    tmp_path: Path,
+) -> None:
+    cfg = ServerConfig(host="127.0.0.1", port=0, record_dir=tmp_path)
+
     async def main() -> None:
-        async with RTMPServer(ServerConfig(host="127.0.0.1", port=0, record_dir=tmp_path)) as s:
+        async with RTMPServer(cfg, registry=StreamRegistry(republish="refuse")) as s:
             a = await AsyncClient.open(s.port)
             _, status = await a.publish("same")
             assert status.info["code"] == "NetStream.Publish.Start"

@@ -84,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {d.max_name_length})",
     )
     p.add_argument(
+        "--republish",
+        choices=["takeover", "refuse"],
+        default=d.republish,
+        help="a publish of a name already being published: takeover (the new publisher "
+        "replaces the old one: a reconnecting encoder is not locked out) or refuse "
+        f"(default {d.republish})",
+    )
+    p.add_argument(
         "--record-flush-interval",
         type=float,
         default=d.record_flush_interval,
@@ -128,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"largest GOP kept for late joiners, in bytes (default {relay.gop_max_bytes})",
     )
     p.add_argument(
+        "--republish-grace",
+        type=float,
+        default=relay.republish_grace,
+        help="seconds players stay attached, told nothing, through a publisher gap or "
+        "takeover; after that they get the end of the stream; 0: at once "
+        f"(default {relay.republish_grace:g})",
+    )
+    p.add_argument(
         "--player-buffer",
         type=int,
         default=relay.player_max_buffer,
@@ -158,6 +174,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_connections_per_ip=args.max_connections_per_ip,
         max_name_length=args.max_name_length,
         drain_timeout=args.drain_timeout,
+        republish=args.republish,
         record_flush_interval=args.record_flush_interval,
         record_fsync_interval=args.record_fsync_interval,
         relay=None
@@ -168,6 +185,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             gop_max_messages=args.gop_cache_messages,
             gop_max_bytes=args.gop_cache_bytes,
             player_max_buffer=args.player_buffer,
+            republish_grace=args.republish_grace,
         ),
     )
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import logging
 import os
 import time
 import weakref
@@ -28,9 +27,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NoReturn
 
+from ..logs import get_logger
 from ..protocol.flv import FLAGS_OFFSET, FLVEncoder, TagSource
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: Bytes of tags held before a write (0.7 s of a 3 Mbit/s stream).
 WRITE_BUFFER = 256 * 1024

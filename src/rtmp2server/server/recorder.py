@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..logs import get_logger
 from ..protocol.messages import DATA_AMF0, ON_METADATA, Message
 from .flvfile import FLUSH_INTERVAL, WRITE_BUFFER, FLVFile
 from .registry import Stream
@@ -38,7 +38,7 @@ __all__ = [
     "safe_component",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # Separators, C0 and C1 control characters, DEL, and lone surrogates (a str from a library
 # user may hold them; they cannot be encoded as UTF-8). Everything else is kept, so a name

@@ -2,23 +2,27 @@
 
 A `Stream` is one live publish, keyed by (application, stream name). Whatever wants its
 messages (the recorder, a GStreamer element, players) is a `Sink` attached to it. The
-registry guarantees one publisher per key and tells observers when streams start and end.
+registry guarantees one publisher per key, decides what a second publish of a taken key does
+(the republish policy: take over or refuse), and tells observers when streams start and end.
 No sockets here: sessions call into it from the event loop.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
+from ..logs import get_logger
 from ..protocol.messages import AUDIO, VIDEO, Message
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 StreamKey = tuple[str, str]
+
+Republish = Literal["takeover", "refuse"]
+REPUBLISH_POLICIES: tuple[Republish, ...] = ("takeover", "refuse")
 
 
 class Sink(Protocol):
@@ -55,6 +59,10 @@ class Stream:
     # pauses reading from the publisher's socket (TCP back-pressure) instead of dropping.
     pause_reading: Callable[[], None] = field(default=lambda: None, repr=False)
     resume_reading: Callable[[], None] = field(default=lambda: None, repr=False)
+    # Set by its session: end this publish and close the publisher's connection, because
+    # `reason` (a takeover: "replaced by peer X"). The registry releases the stream itself
+    # if the callback did not.
+    close: Callable[[str], None] = field(default=lambda reason: None, repr=False)
 
     @property
     def key(self) -> StreamKey:
@@ -116,9 +124,30 @@ StreamObserver = Callable[[Stream], None]
 
 
 class StreamRegistry:
-    """The live streams of one server, by (app, name)."""
+    """The live streams of one server, by (app, name).
 
-    def __init__(self) -> None:
+    `republish` says what a publish of a name that is already being published does:
+
+    - ``"takeover"`` (the default, as in MediaMTX): the new publisher replaces the old one.
+      The old publish ends at once (its recording is finished, its connection closed, its
+      stop logged as "replaced by peer X") and the new one starts; players stay attached
+      (see `RelayConfig.republish_grace`). It is the default because the common case is an
+      encoder reconnecting: OBS or ffmpeg whose old connection is stalled or half-dead (a
+      dropped network link, a NAT that forgot it) is otherwise refused as "already being
+      published" until the server notices the old connection is gone (the idle timeout,
+      30 s, or TCP's own much longer timeouts). A session claims the name only after its
+      publish handler accepted the publish, so with access control on publish only a
+      holder of the stream's key can take it over.
+    - ``"refuse"``: the second publish is refused with NetStream.Publish.BadName and the
+      first goes on (nginx-rtmp's and node-media-server's behaviour).
+    """
+
+    def __init__(self, republish: Republish = "takeover") -> None:
+        if republish not in REPUBLISH_POLICIES:
+            raise ValueError(
+                f"republish must be one of {', '.join(REPUBLISH_POLICIES)}, not {republish!r}"
+            )
+        self.republish: Republish = republish
         self._streams: dict[StreamKey, Stream] = {}
         self.on_start: list[StreamObserver] = []
         self.on_stop: list[StreamObserver] = []
@@ -132,10 +161,32 @@ class StreamRegistry:
     def __len__(self) -> int:
         return len(self._streams)
 
+    def refuses(self, stream: Stream) -> bool:
+        """Whether `claim(stream)` would refuse it: its key is taken and the policy is
+        "refuse". A session asks before the publish handler runs, and claims after it
+        accepted, so that only an accepted publish can take a name over."""
+        return self.republish == "refuse" and stream.key in self._streams
+
     def claim(self, stream: Stream) -> bool:
-        """Register `stream` as the publisher of its key; False if the key is taken."""
-        if stream.key in self._streams:
-            return False
+        """Register `stream` as the publisher of its key. If the key is taken: with the
+        "takeover" policy the publish holding it is closed (`Stream.close`, reason "replaced
+        by peer X") and released first; with "refuse", False."""
+        old = self._streams.get(stream.key)
+        if old is not None:
+            if self.republish != "takeover":
+                return False
+            log.info(
+                "stream %s/%s: peer=%s takes over from peer=%s",
+                *stream.key,
+                stream.peer,
+                old.peer,
+            )
+            try:
+                old.close(f"replaced by peer {stream.peer}")
+            except Exception:
+                log.exception("stream %s/%s: closing the replaced publish failed", *old.key)
+            if self._streams.get(stream.key) is old:
+                self.release(old)  # its session did not (a stream made by the library)
         self._streams[stream.key] = stream
         return True
 

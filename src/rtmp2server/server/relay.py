@@ -23,8 +23,18 @@ Timestamps are rebased per player: the first media message it gets is at (about)
 they never go backwards, across an unpublish and a returning publisher, or a publisher whose
 clock jumps back, too. A player of a stream that is not published waits
 (`NetStream.Play.PublishNotify` when it starts) or gets `NetStream.Play.StreamNotFound` after
-`RelayConfig.play_wait`; when the publisher stops, players get
-`NetStream.Play.UnpublishNotify` and stay for a publisher that comes back.
+`RelayConfig.play_wait`.
+
+When the publisher stops (or is taken over, see `StreamRegistry`), its players are told
+nothing for `RelayConfig.republish_grace` seconds: a publisher that comes back within that
+gap (an encoder reconnecting) is played on as if it had never left, with timestamps going on
+from where they were, its metadata and sequence headers, and video from its first keyframe.
+Only when the gap outlasts the grace do players get `NetStream.Play.UnpublishNotify` and then
+User Control Stream EOF; ffmpeg, rtmpdump (librtmp) and GStreamer's rtmp2src end their play on
+those, so a gap must be hidden from them or it ends them. A player that stays connected after
+that waits `RelayConfig.play_wait` more for a publisher to come back
+(`NetStream.Play.PublishNotify`), as a new player would, then gets
+`NetStream.Play.StreamNotFound` and is detached.
 
 Players that did not announce Enhanced RTMP multitrack support in `connect` get only the
 default track (track id 0) of multitrack streams, rewritten as ordinary E-RTMP messages.
@@ -33,13 +43,13 @@ default track (track id 0) of multitrack streams, rewritten as ordinary E-RTMP m
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..logs import get_logger
 from ..protocol.chunk import ChunkWriter
 from ..protocol.connection import CSID_AUDIO, CSID_DATA, CSID_VIDEO
 from ..protocol.enhanced import (
@@ -57,7 +67,7 @@ from .registry import Stream, StreamKey, StreamRegistry
 if TYPE_CHECKING:
     from .server import Session
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _MASK = 0xFFFFFFFF
 _HALF = 0x80000000
@@ -85,6 +95,14 @@ class RelayConfig:
     gop_max_bytes: int = 32 * 1024 * 1024
     player_max_buffer: int = 4 * 1024 * 1024
     """Bytes queued in a player's socket buffer above which it drops to the next keyframe."""
+    republish_grace: float = 10.0
+    """Seconds players stay attached, told nothing, when the publish they play ends: a
+    publisher that returns (or takes over) within them is played on seamlessly, with
+    monotonic timestamps, from its first keyframe. After them, players get
+    NetStream.Play.UnpublishNotify and Stream EOF (ffmpeg, rtmpdump and rtmp2src then stop).
+    0: at once (players see every gap); `math.inf`: never. 10 s covers an encoder's
+    reconnect (OBS's automatic reconnect retries within a few seconds; a takeover is no gap
+    at all) without keeping the players of a stream that really ended for long."""
 
 
 def frame_message(
@@ -147,6 +165,7 @@ class Player:
         "video",
         "video_frames",
         "video_key",
+        "waiting",
     )
 
     def __init__(self, session: Session, sid: int, name: str, limit: int) -> None:
@@ -172,6 +191,9 @@ class Player:
         self.dirty = False
         self.headers_sent: dict[tuple[int, int, int], Message] = {}
         self.timer: asyncio.TimerHandle | None = None
+        # Told that nothing is published (joined before the publisher, or the grace of a gap
+        # ran out): a publish that starts is announced to it with PublishNotify.
+        self.waiting = False
         self.joined = time.monotonic()
         self.first_key: float | None = None
         self.video_frames = 0
@@ -243,6 +265,10 @@ class Channel:
         self._dirty: list[Player] = []
         self._flush_pending = False
         self._bad_media_logged = False
+        # A publisher gap (publish ended, players kept), until `republish_grace` runs out.
+        self.gap = False
+        self.grace: asyncio.TimerHandle | None = None
+        self.gap_started = 0.0
 
     def __repr__(self) -> str:
         return f"<Channel {self.key[0]}/{self.key[1]} players={len(self.players)}>"
@@ -252,25 +278,41 @@ class Channel:
     def attach(self, stream: Stream) -> None:
         self.stream = stream
         stream.add_sink(self)
+        gap = time.monotonic() - self.gap_started if self.gap else None
+        self._end_gap()
+        waiting = 0
         for p in self.players:
             if p.timer is not None:
                 p.timer.cancel()
                 p.timer = None
-            p.conn.send_user_control(UserControlEvent.STREAM_BEGIN, p.sid)
-            p.conn.send_status(
-                p.sid,
-                "status",
-                "NetStream.Play.PublishNotify",
-                f"{p.name} is now published.",
-                details=p.name,
-            )
+            if p.waiting:
+                p.waiting = False
+                waiting += 1
+                p.conn.send_user_control(UserControlEvent.STREAM_BEGIN, p.sid)
+                p.conn.send_status(
+                    p.sid,
+                    "status",
+                    "NetStream.Play.PublishNotify",
+                    f"{p.name} is now published.",
+                    details=p.name,
+                )
+            # Players kept through a gap get nothing that could end or reset their play:
+            # the new publish goes on in their timeline (`Player.rebase`).
             self._restart(p)
             p.session.flush()
-        if self.players:
+        if gap is not None:
+            log.info(
+                "relay %s/%s: publisher back after %.2f s; %d player(s) go on from its first "
+                "keyframe",
+                *self.key,
+                gap,
+                len(self.players) - waiting,
+            )
+        if waiting:
             log.info(
                 "relay %s/%s: publish started, %d waiting player(s) notified",
                 *self.key,
-                len(self.players),
+                waiting,
             )
 
     def on_end(self, stream: Stream) -> None:
@@ -279,6 +321,52 @@ class Channel:
         self.stream = None
         for p in self.players:
             p.rebase()
+        self.headers = {}
+        self._drop_gop()
+        self.has_video = False
+        if not self.players:
+            self.relay._forget(self)
+            return
+        grace = self.relay.config.republish_grace
+        if grace > 0:
+            self.gap_started = time.monotonic()
+            self.gap = True
+            if math.isfinite(grace):
+                self.grace = asyncio.get_running_loop().call_later(grace, self._grace_over)
+            log.info(
+                "relay %s/%s: publish ended; %d player(s) kept for %g s for a publisher to return",
+                *self.key,
+                len(self.players),
+                grace,
+            )
+        else:
+            self._unpublished()
+
+    def _end_gap(self) -> None:
+        self.gap = False
+        if self.grace is not None:
+            self.grace.cancel()
+            self.grace = None
+
+    def _grace_over(self) -> None:
+        self.grace = None
+        self.gap = False
+        if self.stream is not None:
+            return
+        log.info(
+            "relay %s/%s: no publisher within %g s",
+            *self.key,
+            self.relay.config.republish_grace,
+        )
+        self._unpublished()
+
+    def _unpublished(self) -> None:
+        """Tell every player the publish is over (UnpublishNotify, then Stream EOF); those
+        that stay wait `play_wait` for one that comes back."""
+        for p in self.players:
+            if p.waiting:
+                continue
+            p.waiting = True
             p.conn.send_status(
                 p.sid,
                 "status",
@@ -289,18 +377,14 @@ class Channel:
             p.session.flush()
             # Stream EOF a moment later: GStreamer's rtmp2src stops at once on it and drops
             # the message it has not handed downstream yet (the stream's last one).
+            if p.timer is not None:
+                p.timer.cancel()
             p.timer = asyncio.get_running_loop().call_later(STREAM_EOF_DELAY, _stream_eof, p)
-        self.headers = {}
-        self._drop_gop()
-        self.has_video = False
-        if self.players:
-            log.info(
-                "relay %s/%s: publish ended, %d player(s) wait for it to return",
-                *self.key,
-                len(self.players),
-            )
-        else:
-            self.relay._forget(self)
+        log.info(
+            "relay %s/%s: publish ended; %d player(s) told so",
+            *self.key,
+            len(self.players),
+        )
 
     def on_message(self, stream: Stream, msg: Message) -> None:
         self.on_messages(stream, [msg])
@@ -435,6 +519,7 @@ class Channel:
         self.players = [q for q in self.players if q is not p]
         p.channel = None
         if not self.players and self.stream is None:
+            self._end_gap()
             self.relay._forget(self)
 
     def _restart(self, p: Player) -> None:
@@ -654,9 +739,16 @@ class Channel:
 
 def _stream_eof(p: Player) -> None:
     p.timer = None
-    if p.channel is not None and p.channel.stream is None and not p.session.closed:
+    channel = p.channel
+    if channel is not None and channel.stream is None and not p.session.closed:
         p.conn.send_user_control(UserControlEvent.STREAM_EOF, p.sid)
         p.session.flush()
+        # ffmpeg, rtmpdump and rtmp2src have left by now; a player that stays waits for a
+        # publisher as a new one would (`play_wait`), so that it is bounded too.
+        relay = channel.relay
+        wait = relay.config.play_wait
+        if math.isfinite(wait):
+            p.timer = asyncio.get_running_loop().call_later(max(wait, 0), relay._not_found, p)
 
 
 def _header_order(entry: _Entry) -> int:
@@ -718,8 +810,11 @@ class Relay:
             self._stop(old, "play again")
         channel = self.channels.get(key)
         live = channel is not None and channel.stream is not None
+        # In a publisher gap the stream is as good as published: a new player joins the kept
+        # ones (told nothing, no play_wait) and goes on with them.
+        gap = channel is not None and channel.gap
         wait = self.config.play_wait
-        if not live and wait <= 0:
+        if not live and not gap and wait <= 0:
             conn.reject_play(req, f"{req.name} is not published.")
             log.info("play %s/%s: peer=%s refused: not published", *key, session.peer)
             return
@@ -728,16 +823,17 @@ class Relay:
         players[req.stream_id] = p
         if channel is None:
             channel = self.channels[key] = Channel(self, key)
+        p.waiting = not live and not gap
         log.info(
             "play start: peer=%s app=%s stream=%s%s multitrack=%s",
             session.peer,
             key[0],
             key[1],
-            "" if live else " (waiting for a publisher)",
+            " (in a publisher gap)" if gap else "" if live else " (waiting for a publisher)",
             p.multitrack,
         )
         channel.add(p)
-        if not live and math.isfinite(wait):
+        if p.waiting and math.isfinite(wait):
             p.timer = asyncio.get_running_loop().call_later(wait, self._not_found, p)
 
     def _not_found(self, p: Player) -> None:
@@ -749,7 +845,7 @@ class Relay:
         if players is not None and players.get(p.sid) is p:
             del players[p.sid]
         channel.remove(p)
-        p.conn.playing.discard(p.sid)
+        p.conn.end_play(p.sid)
         p.conn.send_status(
             p.sid,
             "error",
@@ -759,9 +855,10 @@ class Relay:
         )
         p.session.flush()
         log.info(
-            "play %s/%s: peer=%s stream not found after %g s",
+            "play %s/%s: peer=%s %s after %g s",
             *channel.key,
             p.peer,
+            "no publisher came back" if p.video_frames or p.audio_frames else "stream not found",
             self.config.play_wait,
         )
 

@@ -26,7 +26,7 @@ from ..protocol.errors import RemoteProtocolError
 from ..protocol.events import PlayRequest, PublishRequest, StreamClosed
 from ..protocol.messages import Message
 from .recorder import Recorder, RecordingError
-from .registry import Stream, StreamRegistry
+from .registry import Republish, Stream, StreamRegistry
 from .relay import Relay, RelayConfig
 
 log = get_logger("rtmp2server")
@@ -67,6 +67,9 @@ class ServerConfig:
     record_fsync_interval: float = 0.0
     """Seconds between fsyncs of each recording (0: never; the kernel writes it back). An
     fsync runs on the event loop and blocks it for as long as the disk takes."""
+    republish: Republish = "takeover"
+    """A publish of a name already being published: `takeover` (the new publisher replaces
+    the old one, whose connection is closed) or `refuse` (NetStream.Publish.BadName)."""
     max_pending_bytes: int = 8 * 1024 * 1024
     """Bytes of media held per publish while its publish handler decides; above this the
     publisher's socket is not read until the answer (TCP back-pressure, nothing dropped)."""
@@ -347,8 +350,10 @@ class Session(asyncio.BufferedProtocol):
         if self.transport is not None:
             stream.pause_reading = self.transport.pause_reading
             stream.resume_reading = self.transport.resume_reading
+        sid = req.stream_id
+        stream.close = lambda reason: self._close_publish(sid, reason)
         registry = self.server.registry
-        if not registry.claim(stream):
+        if registry.refuses(stream):
             log.warning(
                 "peer %s: publish %s/%s refused: already being published",
                 self.peer,
@@ -416,6 +421,19 @@ class Session(asyncio.BufferedProtocol):
             )
             conn.reject_publish(req, f"{req.name} is not accepted here.")
             return
+        if registry.refuses(stream):  # taken while an asynchronous answer was pending
+            registry.release(stream)
+            log.warning(
+                "peer %s: publish %s/%s refused: already being published",
+                self.peer,
+                stream.app,
+                stream.name,
+            )
+            conn.reject_publish(req, f"{req.name} is already being published.")
+            return
+        # Claimed only once accepted: a publish the handler refuses (no route for it, no
+        # permission) never takes the name over from the one that has it.
+        registry.claim(stream)
         self.published[req.stream_id] = stream
         conn.accept_publish(req)
         log.info(
@@ -475,6 +493,14 @@ class Session(asyncio.BufferedProtocol):
         )
         if pending.paused:
             self._resume_reading()
+
+    def _close_publish(self, stream_id: int, reason: str) -> None:
+        """Another publisher takes this publish's name over: end it (its recording is
+        finished) and close the connection. Aborted, not closed: a stalled or half-dead peer
+        would never drain what we still had to send it."""
+        if stream_id in self.published:
+            self._end_publish(stream_id, reason)
+            self.close(reason)
 
     def _end_publish(self, stream_id: int, why: str) -> None:
         stream = self.published.pop(stream_id, None)
@@ -552,7 +578,8 @@ class RTMPServer:
         play_handler: PlayHandler | None = None,
     ) -> None:
         self.config = config or ServerConfig()
-        self.registry = registry or StreamRegistry()
+        # `is None`, not `or`: an empty registry is falsy (it has a length).
+        self.registry = registry if registry is not None else StreamRegistry(self.config.republish)
         self.publish_handler: PublishHandler = publish_handler or self.record_publish
         self.play_handler: PlayHandler | None = play_handler
         self.relay: Relay | None = None
