@@ -61,6 +61,7 @@ class _InStream:
         "ext_value",
         "extended",
         "kept",
+        "kept_of",
         "length",
         "parts",
         "remaining",
@@ -79,7 +80,10 @@ class _InStream:
         self.ext_value = 0
         self.remaining = 0  # payload bytes still due for the message in progress
         self.parts: list[memoryview] = []  # views of the reads, joined at the end
-        self.kept = 0  # parts before this index are copies, not views of a read
+        # `kept_of[:kept]` are copies, or views that fill their read: `_compact` is done with
+        # them (a new message has a new `parts` list, so `kept_of` tells when to start over).
+        self.kept_of: list[memoryview] | None = None
+        self.kept = 0
 
 
 class ChunkReader:
@@ -111,7 +115,7 @@ class ChunkReader:
         self.max_chunk_size = min(max_chunk_size, MAX_CHUNK_SIZE)
         # The start of a chunk whose bytes have not all arrived, in pieces; `_need` is how
         # many bytes from its start must be there before it is worth parsing again.
-        self._pending: list[bytes | memoryview] = []
+        self._pending: list[bytes] = []
         self._pending_len = 0
         self._need = 0
         # The announced lengths of the messages of several chunks in progress, summed.
@@ -151,7 +155,22 @@ class ChunkReader:
         try:
             start = 0
             if self._pending_len:
-                start = self._finish_pending(data, out)
+                pending = self._pending
+                k = self._need - self._pending_len
+                if k <= len(data) and len(pending) == 1:
+                    # The usual case: the read ended inside a chunk whose header was all
+                    # there, and this read completes it. Only its missing bytes are copied.
+                    head = pending[0] + data[:k]
+                    if self._parse(head, 0, out):
+                        self._pending = []
+                        self._pending_len = 0
+                        start = k
+                    else:
+                        self._pending = [head]
+                        self._pending_len = len(head)
+                        start = self._finish_pending(data, k, out)
+                else:
+                    start = self._finish_pending(data, 0, out)
                 if start < 0:  # all of `data` belongs to the incomplete chunk
                     return out
             pos = self._parse(data, start, out)
@@ -173,8 +192,8 @@ class ChunkReader:
             self._compact(data)
         return out
 
-    def _finish_pending(self, data: bytes, out: list[Message]) -> int:
-        """Complete the chunk the last read ended in with the start of `data`; return where
+    def _finish_pending(self, data: bytes, taken: int, out: list[Message]) -> int:
+        """Complete the chunk the last read ended in with `data` from `taken` on; return where
         the rest of `data` starts, or -1 if it all went to the chunk, which is still short.
 
         The pieces are joined only once `_need` bytes are there. A chunk is joined at most
@@ -184,7 +203,6 @@ class ChunkReader:
         pending = self._pending
         have = self._pending_len
         n = len(data)
-        taken = 0
         while True:
             need = self._need
             if have + n - taken < need:
@@ -192,7 +210,7 @@ class ChunkReader:
                 self._pending_len = have + n - taken
                 return -1
             k = need - have
-            pending.append(memoryview(data)[taken : taken + k])
+            pending.append(data[taken : taken + k])
             taken += k
             head = b"".join(pending)
             if self._parse(head, 0, out):  # the chunk is complete: exactly `head`
@@ -210,12 +228,13 @@ class ChunkReader:
         message's chunks between other messages would make it pin whole reads for a few bytes
         each. The views of a read before `data` that hold less than half of it are joined into
         one copy, so what the messages pin stays within twice what they hold, plus what was
-        read since the last look (`_COMPACT_EVERY`). Each part is looked at once and each byte copied at most once; the messages of
-        a well-behaved encoder, which fill the reads they span, are not copied at all."""
+        read since the last look (`_COMPACT_EVERY`). Each part is looked at once and each byte
+        copied at most once; the messages of a well-behaved encoder, which fill the reads they
+        span, are not copied at all."""
         for cs in self._streams.values():
             if cs.remaining:
                 parts = cs.parts
-                i = cs.kept
+                i = cs.kept if cs.kept_of is parts else 0
                 n = len(parts)
                 while i < n:
                     obj = parts[i].obj
@@ -229,6 +248,7 @@ class ChunkReader:
                         n -= j - i - 1
                         j = i + 1
                     i = j
+                cs.kept_of = parts
                 cs.kept = i
 
     def _parse(self, data: bytes, pos: int, out: list[Message]) -> int:
@@ -240,6 +260,8 @@ class ChunkReader:
         chunk_size = self.chunk_size
         u32 = _U32.unpack_from
         need = 0  # where the chunk that stops the loop would end, as far as it is known
+        reserved = self._reserved  # kept in a local in the loop, written back at the end
+        limit = self.max_partial_bytes
         while pos < n:
             b0 = data[pos]
             fmt = b0 >> 6
@@ -310,9 +332,11 @@ class ChunkReader:
                         csid, cs.timestamp, cs.type_id, cs.stream_id, cs.parts, cs.length
                     )
                     cs.parts = []
-                    self._reserved -= cs.length
+                    reserved -= cs.length
                     if msg.type_id < 3:
+                        self._reserved = reserved  # Abort releases a message's bytes
                         chunk_size = self._control(msg)
+                        reserved = self._reserved
                     out.append(msg)
                     continue
                 # Type-3 chunk starting a new message: same header, add the previous delta.
@@ -386,7 +410,8 @@ class ChunkReader:
             # First chunk of a new message: it counts against the budget from its header on
             # (the same point for every split of the bytes); commit the header only once the
             # chunk's payload is here.
-            if self._reserved + length > self.max_partial_bytes:
+            if reserved + length > limit:
+                self._reserved = reserved
                 raise BudgetExceeded(
                     f"chunk stream {csid}: message of {length} bytes (type {type_id}) beside "
                     f"{self._reserved} bytes of unfinished messages, expected at most "
@@ -407,14 +432,16 @@ class ChunkReader:
             pos = end
             if take < length:
                 cs.parts = [view[p:end]]
-                cs.kept = 0
                 cs.remaining = length - take
-                self._reserved += length
+                reserved += length
                 continue
             msg = Message(csid, timestamp, type_id, stream_id, data[p:end])
             if type_id < 3:
+                self._reserved = reserved
                 chunk_size = self._control(msg)
+                reserved = self._reserved
             out.append(msg)
+        self._reserved = reserved
         if pos < n:
             self._need = need - pos
         return pos
