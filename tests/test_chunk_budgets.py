@@ -356,3 +356,38 @@ def test_unfinished_messages_do_not_pin_the_reads_they_trickle_through() -> None
             worst = max(worst, pinned)
     assert [m.payload for m in got if m.csid == 6] == [a]
     assert sum(map(len, reads)) > 10 * worst  # the reads it spanned were let go
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 63])
+def test_tiny_chunks_do_not_cost_a_view_each(chunk_size: int) -> None:
+    # At chunk size 1 a message would hold a view object (about 180 bytes) for every byte:
+    # a 17 MiB budget would be gigabytes. Runs of tiny views are joined as they arrive.
+    payload = bytes(range(256)) * 400  # 102400 bytes
+    body = fmt0(6, 0, len(payload), 9, 1) + payload[:chunk_size]
+    for i in range(chunk_size, len(payload), chunk_size):
+        body += b"\xc6" + payload[i : i + chunk_size]
+    data = set_chunk_size(chunk_size) + body
+    reader = ChunkReader()
+    got: list[Message] = []
+    for feeds, i in enumerate(range(0, len(data), 8192), 1):
+        got += reader.feed(data[i : i + 8192])
+        cs = reader._streams[6]
+        if cs.remaining:
+            assert len(cs.parts) <= 2 * feeds + 1  # a joined run a read (and its first chunk)
+    assert [m.payload for m in got[1:]] == [payload]
+
+
+def test_chunks_of_128_are_left_as_views() -> None:
+    # The default chunk size (librtmp, GStreamer rtmp2sink): views are cheap enough, and
+    # copying them would cost the common path.
+    payload = bytes(range(256)) * 40
+    body = fmt0(6, 0, len(payload), 9, 1) + payload[:128]
+    for i in range(128, len(payload), 128):
+        body += b"\xc6" + payload[i : i + 128]
+    reads = [body[:5000], body[5000:6000]]
+    reader = ChunkReader()
+    for piece in reads:
+        reader.feed(piece)
+    parts = reader._streams[6].parts
+    assert len(parts) == (6000 - 12) // 129
+    assert all(len(p) == 128 for p in parts)

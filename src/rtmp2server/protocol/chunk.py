@@ -51,6 +51,10 @@ PARTIAL_HEADROOM = 1024 * 1024
 _EXTENDED = 0xFFFFFF
 _MAX_HEADER = 18  # 3-byte basic header, 11-byte type-0 header, extended timestamp
 _COMPACT_EVERY = 1024 * 1024  # bytes read between two looks at what messages in progress pin
+# A view object costs about 180 bytes on CPython: runs of views that average fewer bytes than
+# this are joined, and below `_SMALL_CHUNK` messages in progress are looked over on every read.
+_PART_COST = 64
+_SMALL_CHUNK = _PART_COST
 
 
 class _InStream:
@@ -185,9 +189,10 @@ class ChunkReader:
             # A copy of the tail only (for pos 0 the read itself), so no read is pinned.
             self._pending = [data[pos:]]
             self._pending_len = n - pos
-        # Unfinished messages are looked over once a MiB, not on every read.
+        # Unfinished messages are looked over once a MiB, not on every read, unless the
+        # chunks are so small that their views cost more than their bytes.
         self._unchecked += n
-        if self._unchecked > _COMPACT_EVERY and self._reserved:
+        if self._reserved and (self._unchecked > _COMPACT_EVERY or self.chunk_size < _SMALL_CHUNK):
             self._unchecked = 0
             self._compact(data)
         return out
@@ -222,34 +227,40 @@ class ChunkReader:
             have = self._pending_len = len(head)
 
     def _compact(self, data: bytes) -> None:
-        """Copy out the views of earlier reads that unfinished messages hold for little.
+        """Copy out what unfinished messages hold in a costly way: views of an earlier read
+        that hold less than half of it, and runs of views smaller than `_PART_COST` bytes.
 
-        A message in progress keeps views of every read it spans; a peer that trickles one
-        message's chunks between other messages would make it pin whole reads for a few bytes
-        each. The views of a read before `data` that hold less than half of it are joined into
-        one copy, so what the messages pin stays within twice what they hold, plus what was
-        read since the last look (`_COMPACT_EVERY`). Each part is looked at once and each byte
-        copied at most once; the messages of a well-behaved encoder, which fill the reads they
-        span, are not copied at all."""
+        A message in progress keeps a view of each of its chunks in the read it came in. A
+        peer that trickles one message's chunks between other messages would make it pin whole
+        reads for a few bytes each, and one that sets a tiny chunk size would make it hold a
+        view object (about 180 bytes) for every byte or two. Joined, what the messages pin
+        stays within twice what they hold, plus what was read since the last look. Each part
+        is looked at at most twice and each byte copied at most once; the messages of
+        well-behaved encoders, whose chunks are large and fill the reads they span, are not
+        copied at all."""
         for cs in self._streams.values():
             if cs.remaining:
                 parts = cs.parts
                 i = cs.kept if cs.kept_of is parts else 0
                 n = len(parts)
+                again = -1  # where the views of `data` start, if left as they are
                 while i < n:
                     obj = parts[i].obj
-                    if obj is data:
-                        break
                     j = i + 1
                     while j < n and parts[j].obj is obj:
                         j += 1
-                    if 2 * sum(map(len, parts[i:j])) < len(parts[i].obj):  # type: ignore[arg-type]
+                    held = sum(map(len, parts[i:j]))
+                    if (j - i) * _PART_COST > held or (
+                        obj is not data and 2 * held < len(obj)  # type: ignore[arg-type]
+                    ):
                         parts[i:j] = [memoryview(b"".join(parts[i:j]))]
                         n -= j - i - 1
                         j = i + 1
+                    elif obj is data:
+                        again = i  # to be looked at once `data` is an earlier read
                     i = j
                 cs.kept_of = parts
-                cs.kept = i
+                cs.kept = i if again < 0 else again
 
     def _parse(self, data: bytes, pos: int, out: list[Message]) -> int:
         """Consume the whole chunks of `data` from `pos`; return where the first incomplete
