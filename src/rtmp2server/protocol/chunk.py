@@ -12,9 +12,10 @@ of its bytes are there, so no state changes on a partial chunk. The bytes of an 
 wait as a list of pieces with the count the chunk needs (worked out from as much of its header
 as has arrived), and are joined once that many are there: the cost stays linear in the bytes
 whatever the chunk size or the way the peer dribbles them. A message of several chunks is handed
-out as views of the reads (`Message.pieces`), joined only if someone asks for its `payload`;
-the views an unfinished message holds of earlier reads are copied out at the end of each read,
-so that it pins no read but the last.
+out as views of the reads (`Message.pieces`), joined only if someone asks for its `payload`.
+What unfinished messages hold in a costly way (views holding little of an earlier read, runs of
+tiny chunks' views) is copied out from time to time, so that what they pin stays a small
+multiple of what they hold.
 
 The reader also owns the per-connection bounds on what a peer can make it hold
 (`BudgetExceeded`): chunk stream ids in use, bytes of unfinished messages (counted at their
@@ -38,12 +39,13 @@ _FIELDS_BY_FMT = (7, 7, 3)
 
 DEFAULT_CHUNK_SIZE = 128
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
-# Real publishers use a few chunk stream ids each (ffmpeg 2-6 and 8, OBS and librtmp 2-5, Flash
-# up to about 10); nginx-rtmp's `max_streams` (32) already closes a peer above a few dozen.
+# Publishers use a handful of chunk stream ids: ffmpeg 5.1 and 9, GStreamer rtmp2sink and librtmp
+# (rtmpsink) at most five, between 2 and 8. nginx-rtmp (`max_streams` 32) closes a peer using an
+# id above 31; counting distinct ids instead bounds the state as well and lets high ids through.
 DEFAULT_MAX_CHUNK_STREAMS = 64
-# Encoders set 128 (librtmp, GStreamer rtmp2sink by default), 4096 (ffmpeg, OBS) or 60000 (SRS
-# and node-media-server when they push); SRS warns outside 128..65536 and nginx-rtmp refuses
-# above 10 MiB. 1 MiB leaves sixteen times the largest seen and bounds the incomplete chunk.
+# ffmpeg 5.1 and 9 set 4096, GStreamer rtmp2sink 128, librtmp (rtmpsink) keeps the default 128;
+# SRS and node-media-server send 60000. SRS warns outside 128..65536, nginx-rtmp refuses above
+# 10 MiB. 1 MiB is sixteen times the largest of those and bounds the incomplete chunk.
 DEFAULT_MAX_CHUNK_SIZE = 1024 * 1024
 # On top of `max_message_size`: one largest message still fits beside interleaved audio, data
 # and command messages in progress on the other chunk streams.
