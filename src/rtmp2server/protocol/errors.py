@@ -48,3 +48,9 @@ class HandshakeError(RemoteProtocolError):
 
 class ChunkError(RemoteProtocolError):
     """A chunk stream that cannot be reassembled into messages."""
+
+
+class BudgetExceeded(ChunkError):
+    """The peer went over one of its connection's bounds (chunk streams in use, bytes held in
+    unfinished messages, chunk size): not malformed, but more than this server holds for one
+    peer. The owner logs the stop reason as "over budget"."""
