@@ -605,3 +605,47 @@ def test_a_publish_that_cannot_be_recorded_is_refused(
     assert answer.startswith("NetStream.Publish.BadName cam cannot be recorded"), answer
     assert str(blocker) not in answer  # no server path to the client
     assert any("refused: cannot record" in r.getMessage() for r in caplog.records)
+
+
+# --- 4. a peer over its budget beside a good publisher ---------------------------------------
+
+
+def _partial_messages(first_csid: int, count: int) -> bytes:
+    """`count` chunk streams (3-byte ids), each starting a 1 MiB message it never finishes."""
+    out = bytearray()
+    for csid in range(first_csid, first_csid + count):
+        v = csid - 64
+        out += bytes((0x01, v & 0xFF, v >> 8))  # fmt 0, 3-byte chunk stream id
+        out += b"\x00\x00\x00" + (1 << 20).to_bytes(3, "big") + b"\x09" + b"\x01\x00\x00\x00"
+        out += b"x" * 128
+    return bytes(out)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("attack", ["chunk streams", "partial bytes"])
+def test_budget_exceeding_peer_beside_a_good_publisher(
+    tmp_path: Path, source: SourceMedia, attack: str
+) -> None:
+    with running_server(tmp_path / "rec", tmp_path / "log") as server:
+        from support.clients import start_publish
+
+        good = start_publish("ffmpeg-debian", source.path, server.url("good"))
+        with RawClient(server.port) as raw:
+            raw.handshake()
+            raw.send(chunk_message(3, 20, amf0.encode("connect", 1.0, {"app": "live"})))
+            if attack == "chunk streams":
+                raw.send(_partial_messages(400, 5000))  # 1 MiB messages, 128 bytes each
+            else:
+                # Few chunk streams, each announcing the largest message: 17 MiB of budget.
+                raw.send(chunk_message(2, 1, struct.pack(">I", 1 << 16)))
+                for csid in range(4, 12):
+                    head = bytes([csid]) + b"\x00\x00\x00" + ((16 << 20) - 1).to_bytes(3, "big")
+                    raw.send(head + b"\x09\x01\x00\x00\x00" + b"y" * (1 << 16))
+            assert raw.wait_closed(10), "the server kept a peer over its budget"
+        result = good.wait(30)
+        assert result.returncode == 0, result.stdout
+        server.wait_publish("stop", "good")
+        assert av_counts(server.recording("good")) == source.counts
+    log_text = server.log()
+    assert "expected at most" in log_text and "closing the connection" in log_text
+    assert "Traceback" not in log_text

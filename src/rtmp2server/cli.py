@@ -43,6 +43,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d = ServerConfig()
     p.add_argument(
+        "--max-chunk-size",
+        type=int,
+        default=d.max_chunk_size,
+        help=f"largest Set Chunk Size accepted from a peer (default {d.max_chunk_size})",
+    )
+    p.add_argument(
+        "--max-chunk-streams",
+        type=int,
+        default=d.max_chunk_streams,
+        help=f"chunk stream ids one connection may use (default {d.max_chunk_streams})",
+    )
+    p.add_argument(
+        "--max-partial-bytes",
+        type=int,
+        default=d.max_partial_bytes,
+        help="bytes one connection may hold in unfinished messages "
+        "(default: --max-message-size + 1 MiB)",
+    )
+    p.add_argument(
         "--handshake-timeout",
         type=float,
         default=d.handshake_timeout,
@@ -167,6 +186,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         record_dir=None if args.no_record else args.record_dir,
         chunk_size=args.chunk_size,
         max_message_size=args.max_message_size,
+        max_chunk_size=args.max_chunk_size,
+        max_chunk_streams=args.max_chunk_streams,
+        max_partial_bytes=args.max_partial_bytes,
         handshake_timeout=args.handshake_timeout,
         start_timeout=args.start_timeout,
         idle_timeout=args.idle_timeout,

@@ -21,7 +21,13 @@ from typing import Any
 
 from ..logs import get_logger
 from . import amf0, enhanced
-from .chunk import DEFAULT_MAX_MESSAGE_SIZE, ChunkReader, ChunkWriter
+from .chunk import (
+    DEFAULT_MAX_CHUNK_SIZE,
+    DEFAULT_MAX_CHUNK_STREAMS,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    ChunkReader,
+    ChunkWriter,
+)
 from .errors import AMFError, LocalProtocolError, RemoteProtocolError
 from .events import (
     Acknowledged,
@@ -120,11 +126,19 @@ class ServerConnection:
         window_ack_size: int = 5_000_000,
         peer_bandwidth: int = 5_000_000,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_chunk_streams: int = DEFAULT_MAX_CHUNK_STREAMS,
+        max_partial_bytes: int | None = None,
+        max_chunk_size: int = DEFAULT_MAX_CHUNK_SIZE,
         handshake: ServerHandshake | None = None,
     ) -> None:
         self.state = State.HANDSHAKE
         self._handshake = handshake or ServerHandshake()
-        self._reader = ChunkReader(max_message_size=max_message_size)
+        self._reader = ChunkReader(
+            max_message_size=max_message_size,
+            max_chunk_streams=max_chunk_streams,
+            max_partial_bytes=max_partial_bytes,
+            max_chunk_size=max_chunk_size,
+        )
         self._writer = ChunkWriter()
         self._out: list[bytes] = []
         self._chunk_size = chunk_size

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, cast
 
 from ..logs import get_logger, redact_query
+from ..protocol.chunk import DEFAULT_MAX_CHUNK_SIZE, DEFAULT_MAX_CHUNK_STREAMS
 from ..protocol.connection import ServerConnection, State
-from ..protocol.errors import RemoteProtocolError
+from ..protocol.errors import BudgetExceeded, RemoteProtocolError
 from ..protocol.events import PlayRequest, PublishRequest, StreamClosed
 from ..protocol.messages import Message
 from .recorder import Recorder, RecordingError
@@ -47,6 +48,13 @@ class ServerConfig:
     """The chunk size we send with (announced at connect)."""
     max_message_size: int = 16 * 1024 * 1024
     """Largest RTMP message accepted from a peer, in bytes."""
+    max_chunk_size: int = DEFAULT_MAX_CHUNK_SIZE
+    """Largest Set Chunk Size accepted from a peer (real encoders send 128 to 65536)."""
+    max_chunk_streams: int = DEFAULT_MAX_CHUNK_STREAMS
+    """Chunk stream ids one connection may use (real clients use at most five)."""
+    max_partial_bytes: int | None = None
+    """Bytes one connection may hold in messages not yet complete; None: max_message_size
+    + 1 MiB (one largest message beside interleaved audio and control)."""
     window_ack_size: int = 5_000_000
     handshake_timeout: float = 10.0
     """Seconds from accept to a complete `connect`: a deadline, not a silence timer."""
@@ -111,6 +119,9 @@ class Session(asyncio.BufferedProtocol):
             chunk_size=cfg.chunk_size,
             window_ack_size=cfg.window_ack_size,
             max_message_size=cfg.max_message_size,
+            max_chunk_streams=cfg.max_chunk_streams,
+            max_partial_bytes=cfg.max_partial_bytes,
+            max_chunk_size=cfg.max_chunk_size,
         )
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
@@ -164,7 +175,7 @@ class Session(asyncio.BufferedProtocol):
                 # The error stays in the reader; without its traceback it pins no frames,
                 # so the closed connection is freed by reference counting.
                 err.__traceback__ = None
-                self.close("protocol error")
+                self.close("over budget" if isinstance(err, BudgetExceeded) else "protocol error")
                 return
             if items:
                 self.last_message = time.monotonic()
