@@ -12,8 +12,10 @@ from pathlib import Path
 from . import __version__
 from .logs import get_logger
 from .server import RTMPServer, ServerConfig
+from .server.access import AccessConfig, AppAccess, Rule
 from .server.relay import RelayConfig
 from .server.server import raise_fd_limit
+from .server.webhooks import WebhookConfig
 
 log = get_logger("rtmp2server")
 
@@ -169,6 +171,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="bytes queued for a player above which it skips to the next keyframe "
         f"(default {relay.player_max_buffer})",
     )
+    p.add_argument("--on-connect", metavar="URL", help="HTTP callback that decides each connect")
+    p.add_argument("--on-publish", metavar="URL", help="HTTP callback that decides each publish")
+    p.add_argument("--on-play", metavar="URL", help="HTTP callback that decides each play")
+    p.add_argument(
+        "--callback-format",
+        choices=["json", "nginx"],
+        default="json",
+        help="the callbacks' request format: json, or nginx-rtmp's notify form (default json)",
+    )
+    p.add_argument("--webhook", metavar="URL", help="where signed event notifications are POSTed")
+    p.add_argument(
+        "--webhook-secret", metavar="SECRET", default="", help="HMAC-SHA256 key of the webhooks"
+    )
     p.add_argument(
         "--log-level",
         default="info",
@@ -179,8 +194,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def access_from_args(args: argparse.Namespace) -> AccessConfig:
+    """Global callbacks from the command line: a URL given turns its action's policy to
+    `callback` for every application."""
+    return AccessConfig(
+        default=AppAccess(
+            publish=Rule("callback" if args.on_publish else "allow"),
+            play=Rule("callback" if args.on_play else "allow"),
+        ),
+        on_connect=args.on_connect,
+        on_publish=args.on_publish,
+        on_play=args.on_play,
+        callback_format=args.callback_format,
+    )
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
+        access=access_from_args(args),
+        webhook=WebhookConfig(url=args.webhook, secret=args.webhook_secret),
         host=args.host,
         port=args.port,
         record_dir=None if args.no_record else args.record_dir,

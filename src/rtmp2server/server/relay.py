@@ -45,7 +45,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -772,6 +772,9 @@ class Relay:
         self.config = config or RelayConfig()
         self.channels: dict[StreamKey, Channel] = {}
         self._players: dict[Session, dict[int, Player]] = {}
+        # Told of every play start and stop (event name, app, stream, player, details): the
+        # server's webhooks.
+        self.notify: Callable[..., None] | None = None
         registry.on_start.append(self._on_start)
         for stream in registry:
             self._on_start(stream)
@@ -833,6 +836,8 @@ class Relay:
             p.multitrack,
         )
         channel.add(p)
+        if self.notify is not None:
+            self.notify("play_start", key[0], key[1], p)
         if p.waiting and math.isfinite(wait):
             p.timer = asyncio.get_running_loop().call_later(wait, self._not_found, p)
 
@@ -913,3 +918,5 @@ class Relay:
             p.skips,
             why,
         )
+        if self.notify is not None:
+            self.notify("play_stop", key[0], key[1], p, reason=why, dropped=p.dropped)

@@ -14,6 +14,7 @@ connection too.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,17 +23,20 @@ from typing import Any, cast
 
 from ..logs import get_logger, redact_query
 from ..protocol.chunk import DEFAULT_MAX_CHUNK_SIZE, DEFAULT_MAX_CHUNK_STREAMS
-from ..protocol.connection import ServerConnection, State
+from ..protocol.connection import ServerConnection, State, StreamState
 from ..protocol.errors import BudgetExceeded, RemoteProtocolError
-from ..protocol.events import PlayRequest, PublishRequest, StreamClosed
+from ..protocol.events import Connected, PlayRequest, PublishRequest, StreamClosed
 from ..protocol.messages import Message
+from .access import AccessConfig, AccessControl, Decision, Request
 from .recorder import Recorder, RecordingError
 from .registry import Republish, Stream, StreamRegistry
 from .relay import Relay, RelayConfig
+from .webhooks import WebhookConfig, Webhooks
 
 log = get_logger("rtmp2server")
 
 READ_SIZE = 256 * 1024  # bytes asked of the socket per read, as asyncio and uvloop do
+REFUSAL_LINGER = 0.5  # seconds a refused publisher's connection stays for it to read why
 FD_RESERVE = 64  # file descriptors kept for the listeners, the log, the loop and the like
 
 
@@ -78,6 +82,10 @@ class ServerConfig:
     republish: Republish = "takeover"
     """A publish of a name already being published: `takeover` (the new publisher replaces
     the old one, whose connection is closed) or `refuse` (NetStream.Publish.BadName)."""
+    access: AccessConfig = field(default_factory=AccessConfig)
+    """Who may publish and play (rules per application, keys, callbacks); allow-all."""
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
+    """Signed JSON notifications of publishes, plays and finished recordings."""
     max_pending_bytes: int = 8 * 1024 * 1024
     """Bytes of media held per publish while its publish handler decides; above this the
     publisher's socket is not read until the answer (TCP back-pressure, nothing dropped)."""
@@ -128,6 +136,7 @@ class Session(asyncio.BufferedProtocol):
         self.ip = ""
         self.published: dict[int, Stream] = {}
         self.pending: dict[int, _PendingPublish] = {}  # publishes whose answer is awaited
+        self.id = next(server._ids)
         self.accepted_at = time.monotonic()
         self.last_message = self.accepted_at
         self.started = False  # a publish or play has been asked for
@@ -136,6 +145,8 @@ class Session(asyncio.BufferedProtocol):
         self.close_reason: str | None = None  # why we closed it, when we did
         self._eof = False
         # Per-connection extension point: players attach their state here (relay).
+        self._tasks: set[asyncio.Future[None]] = set()  # access decisions of plays
+        self._connect_decision: asyncio.Future[Decision] | None = None
         self.on_close: list[Callable[[Session], None]] = []
         self.on_event: list[Callable[[Session, Any], None]] = []
 
@@ -229,6 +240,10 @@ class Session(asyncio.BufferedProtocol):
             return  # refused at accept: it never started
         self.closed = True
         why = self.close_reason or _lost_reason(exc, self._eof)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._connect_decision is not None:
+            self._connect_decision.cancel()
         for sid in list(self.pending):
             self._drop_pending(sid, why)
         for sid in list(self.published):
@@ -309,7 +324,13 @@ class Session(asyncio.BufferedProtocol):
             self._arm_timer(min(waits) + 0.01)
 
     def _on_event(self, event: Any) -> None:
-        if type(event) is PublishRequest:
+        if type(event) is Connected:
+            if not self.server.access.open:
+                self._connect_decision = asyncio.ensure_future(
+                    self.server.access.decide(self._access_request("connect", "", ""))
+                )
+                self._connect_decision.add_done_callback(self._connect_decided)
+        elif type(event) is PublishRequest:
             self.started = True
             self._on_publish(event)
         elif type(event) is PlayRequest:
@@ -319,8 +340,12 @@ class Session(asyncio.BufferedProtocol):
                 self.conn.reject_play(event, "The stream name is too long.")
             elif handler is None:
                 self.conn.reject_play(event, f"{event.name} is not available.")
-            else:
+            elif self.server.access.open:
                 handler(self, event)
+            else:
+                task = asyncio.ensure_future(self._decide_play(event))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         elif type(event) is StreamClosed:
             if event.stream_id in self.published:
                 self._end_publish(event.stream_id, event.command)
@@ -333,15 +358,14 @@ class Session(asyncio.BufferedProtocol):
         limit = self.server.config.max_name_length
         if len(name) <= limit and len(self.conn.app) <= limit:
             return True
+        # Not the names themselves: a stream name may be a stream key.
         log.warning(
             "peer %s: name refused: app of %d and stream name of %d characters, expected at "
-            "most %d (%s/%s)",
+            "most %d",
             self.peer,
             len(self.conn.app),
             len(name),
             limit,
-            self.conn.app,
-            name,
         )
         return False
 
@@ -363,6 +387,17 @@ class Session(asyncio.BufferedProtocol):
             stream.resume_reading = self.transport.resume_reading
         sid = req.stream_id
         stream.close = lambda reason: self._close_publish(sid, reason)
+        access = self.server.access
+        if not access.open:
+            # The stream's name is the secret key until the decision says the public one:
+            # it is not logged before.
+            stream.name = ""
+            request = self._access_request("publish", req.name, req.query, req.publish_type)
+            pending = _PendingPublish(req, stream)
+            self.pending[req.stream_id] = pending
+            pending.task = asyncio.ensure_future(self._decide_publish(stream, request))
+            pending.task.add_done_callback(lambda task: self._decided(pending, task))
+            return
         registry = self.server.registry
         if registry.refuses(stream):
             log.warning(
@@ -389,6 +424,98 @@ class Session(asyncio.BufferedProtocol):
             return
         self._answer_publish(req, stream, bool(answer))
 
+    def _access_request(self, action: str, name: str, query: str, kind: str = "live") -> Request:
+        transport = self.transport
+        port = 0
+        if transport is not None:
+            peer = transport.get_extra_info("peername")
+            if isinstance(peer, tuple) and len(peer) >= 2:
+                port = int(peer[1])
+        obj = self.conn.connect_object
+        return Request(
+            action=action,
+            app=self.conn.app,
+            name=name,
+            query=query,
+            ip=self.ip,
+            port=port,
+            client_id=str(self.id),
+            tc_url=self.conn.tc_url,
+            flash_ver=self.conn.flash_ver,
+            swf_url=str(obj.get("swfUrl", "")),
+            page_url=str(obj.get("pageUrl", "")),
+            publish_type=kind,
+        )
+
+    def _connect_decided(self, task: asyncio.Future[Decision]) -> None:
+        if task.cancelled() or self.closed:
+            return
+        decision = task.result()
+        if not decision.allowed:
+            log.warning(
+                "peer %s: connect to %s refused: %s", self.peer, self.conn.app, decision.reason
+            )
+            self.conn.send_command(
+                0,
+                "_error",
+                0.0,
+                None,
+                {
+                    "level": "error",
+                    "code": "NetConnection.Connect.Rejected",
+                    "description": f"Connecting to {self.conn.app} is not allowed.",
+                },
+            )
+            self.flush()
+            asyncio.get_running_loop().call_later(REFUSAL_LINGER, self.close, "refused")
+
+    async def _connect_allowed(self) -> Decision:
+        if self._connect_decision is None:
+            return Decision(True)
+        return await asyncio.shield(self._connect_decision)
+
+    async def _decide_play(self, req: PlayRequest) -> None:
+        decision = await self._connect_allowed()
+        if decision.allowed:
+            decision = await self.server.access.decide(
+                self._access_request("play", req.name, req.query)
+            )
+        if self.closed or self.conn.stream_state(req.stream_id) is not StreamState.PLAY_PENDING:
+            return  # the player left, or asked again, meanwhile
+        handler = self.server.play_handler
+        if decision.allowed and handler is not None:
+            handler(self, req)
+        else:
+            log.warning(
+                "peer %s: play %s/%s refused: %s",
+                self.peer,
+                self.conn.app,
+                req.name,
+                decision.reason,
+            )
+            self.conn.reject_play(
+                req, f"Playing {req.name} is not allowed.", code="NetStream.Play.Failed"
+            )
+            asyncio.get_running_loop().call_later(REFUSAL_LINGER, self.close, "refused")
+        self.flush()
+
+    async def _decide_publish(self, stream: Stream, request: Request) -> bool:
+        """Access first (which may rename the stream), then the publish handler."""
+        decision = await self._connect_allowed()
+        if decision.allowed:
+            decision = await self.server.access.decide(request)
+        if not decision.allowed:
+            raise Refused(f"Publishing {self.conn.app} is not allowed.", decision.reason)
+        stream.name = decision.name
+        if not self._name_ok(stream.name):
+            raise Refused("The stream name is too long.", "public name too long")
+        if decision.record is False:
+            return True  # the callback turned recording off for this stream
+        answer = self.server.publish_handler(stream)
+        if isinstance(answer, Awaitable):
+            answer = await answer
+        return bool(answer)
+
     def _decided(self, pending: _PendingPublish, task: asyncio.Future[bool]) -> None:
         """The publish handler answered (or failed, or was cancelled)."""
         if self.pending.get(pending.request.stream_id) is not pending:
@@ -399,6 +526,10 @@ class Session(asyncio.BufferedProtocol):
             error = task.exception()
             if isinstance(error, RecordingError):
                 self._refuse_unrecordable(pending.request, pending.stream, error)
+                self.flush()
+                return
+            if isinstance(error, Refused):
+                self._refuse(pending.request, pending.stream, error)
                 self.flush()
                 return
             if error is not None:
@@ -456,6 +587,17 @@ class Session(asyncio.BufferedProtocol):
             stream.flash_ver,
         )
         registry.started(stream)
+        self._notify("publish_start", stream)
+
+    def _refuse(self, req: PublishRequest, stream: Stream, err: Refused) -> None:
+        """An access refusal: the client is told, and the connection closes soon after
+        (OBS and rtmp2sink then show the failure instead of waiting)."""
+        self.server.registry.release(stream)
+        log.warning(
+            "peer %s: publish %s/%s refused: %s", self.peer, stream.app, stream.name, err.reason
+        )
+        self.conn.reject_publish(req, err.description)
+        asyncio.get_running_loop().call_later(REFUSAL_LINGER, self.close, "refused")
 
     def _refuse_unrecordable(
         self, req: PublishRequest, stream: Stream, err: RecordingError
@@ -531,6 +673,36 @@ class Session(asyncio.BufferedProtocol):
             stream.bytes,
             why,
         )
+        self._notify("publish_stop", stream, reason=why)
+        for sink in stream.sinks:
+            if isinstance(sink, Recorder) and sink.path is not None and sink.error is None:
+                try:
+                    size = sink.path.stat().st_size
+                except OSError:
+                    size = 0
+                self._notify("record_done", stream, path=str(sink.path), bytes=size)
+
+    def _notify(self, event: str, stream: Stream, **extra: Any) -> None:
+        self.server.webhooks.emit(
+            event,
+            app=stream.app,
+            stream=stream.name,
+            client={"ip": self.ip, "id": self.id},
+            duration=round(stream.duration, 3),
+            video_frames=stream.video_frames,
+            audio_frames=stream.audio_frames,
+            **extra,
+        )
+
+
+class Refused(Exception):
+    """Raised by a publish decision: refuse with `description` (what the client is told);
+    `reason` goes to the log."""
+
+    def __init__(self, description: str, reason: str) -> None:
+        super().__init__(reason)
+        self.description = description
+        self.reason = reason
 
 
 class _PendingPublish:
@@ -596,16 +768,26 @@ class RTMPServer:
         self.relay: Relay | None = None
         if play_handler is None and self.config.relay is not None:
             self.relay = Relay(self.registry, self.config.relay)
+            self.relay.notify = self._notify_play
             self.play_handler = self.relay.play
         self._server: asyncio.Server | None = None
         self._sessions: set[Session] = set()
         self._limit = self.config.max_connections
         self._per_ip: dict[str, int] = {}
+        self._ids = itertools.count(1)
+        self.access = AccessControl(self.config.access)
+        self.webhooks = Webhooks(self.config.webhook)
         # Connections refused at accept since the last log line of that kind, and when that
         # line was written: at most one line a second for each kind.
         self._refused: dict[str, tuple[int, float]] = {}
         # One receive buffer for all sessions: a read is copied out of it before the next.
         self._read_view = memoryview(bytearray(READ_SIZE))
+
+    def _notify_play(self, event: str, app: str, name: str, player: Any, **extra: Any) -> None:
+        session = player.session
+        self.webhooks.emit(
+            event, app=app, stream=name, client={"ip": session.ip, "id": session.id}, **extra
+        )
 
     def record_publish(self, stream: Stream) -> bool:
         """The default publish policy: accept, and record when a record dir is set."""
@@ -757,6 +939,8 @@ class RTMPServer:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        await self.access.close()
+        await self.webhooks.close()
 
     async def __aenter__(self) -> RTMPServer:
         await self.start()
