@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -19,6 +18,7 @@ from rtmp2server.server.access import (
     Rule,
     key_matches,
 )
+from support.http import Handler, serve_http
 
 
 def req(action: str = "publish", name: str = "cam", query: str = "", **kw: Any) -> Request:
@@ -147,19 +147,6 @@ def test_refusals_from_one_address_slow_down() -> None:
 
 # --- callbacks against a real HTTP server ----------------------------------------------------
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-async def serve(handler: Handler) -> tuple[web.AppRunner, str]:
-    app = web.Application()
-    app.router.add_post("/hook", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}/hook"
-
 
 def with_callback(handler: Handler, request: Request, **cfg: Any) -> tuple[Decision, list[Any]]:
     seen: list[Any] = []
@@ -172,7 +159,7 @@ def with_callback(handler: Handler, request: Request, **cfg: Any) -> tuple[Decis
         return await handler(r)
 
     async def main() -> Decision:
-        runner, url = await serve(recording)
+        runner, url = await serve_http(recording)
         config = AccessConfig(
             default=AppAccess(publish=Rule("callback"), play=Rule("callback")),
             on_publish=url,

@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from rtmp2server.server import RTMPServer, ServerConfig
 from rtmp2server.server.access import AccessConfig, AppAccess, Rule
 from rtmp2server.server.webhooks import SIGNATURE_HEADER, WebhookConfig
 from support.clients import CLIENTS, publish
+from support.http import serve_http
 from support.media import SourceMedia
 from support.probe import av_counts
 from test_server import AsyncClient, frames, recording, wait_for
@@ -38,17 +38,6 @@ KEYS = AccessConfig(
     )
 )
 DENY_LOOPBACK = AccessConfig(default=AppAccess(publish=Rule("allow", deny=["127.0.0.0/8"])))
-
-
-async def _serve_http(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
-    app = web.Application()
-    app.router.add_post("/hook", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}/hook"
 
 
 def run_case(
@@ -138,7 +127,7 @@ def test_callback_with_real_client(
         return web.Response(status=200 if allow else 403)
 
     async def main() -> int:
-        runner, url = await _serve_http(hook)
+        runner, url = await serve_http(hook)
         config = AccessConfig(
             default=AppAccess(publish=Rule("callback")),
             on_publish=url,
@@ -182,18 +171,14 @@ def test_media_during_a_slow_callback_is_recorded_from_the_first_frame(tmp_path:
         return web.json_response({"name": "renamed"})
 
     async def main() -> str:
-        runner, url = await _serve_http(hook)
+        runner, url = await serve_http(hook)
         config = AccessConfig(default=AppAccess(publish=Rule("callback")), on_publish=url)
         server = RTMPServer(
             ServerConfig(host="127.0.0.1", port=0, record_dir=tmp_path, access=config)
         )
         await server.start()
         c = await AsyncClient.open(server.port)
-        c.conn.connect("live", "rtmp://127.0.0.1/live")
-        await c.command("_result")
-        c.conn.create_stream()
-        sid = int((await c.command("_result")).args[1])
-        c.conn.publish(sid, "cam1")
+        sid = await c.start_publish("cam1")
         c.conn.send_metadata(sid, {"videocodecid": 7.0})
         for t, ts, payload in media:
             c.conn.send_media(sid, t, ts, payload)
@@ -226,7 +211,7 @@ def test_webhooks_of_a_real_publish_and_play_are_signed(
         return web.Response(status=204)
 
     async def main() -> None:
-        runner, url = await _serve_http(hook)
+        runner, url = await serve_http(hook)
         server = RTMPServer(
             ServerConfig(
                 host="127.0.0.1",

@@ -61,6 +61,16 @@ class AsyncClient:
         assert isinstance(item, ClientCommand)
         return item
 
+    async def start_publish(self, name: str, app: str = "live", **connect: Any) -> int:
+        """connect and createStream, then `publish` queued but not sent: the caller may add
+        media to go out in the same write, before the answer. The message stream id."""
+        self.conn.connect(app, f"rtmp://127.0.0.1/{app}", **connect)
+        await self.command("_result")
+        self.conn.create_stream()
+        sid = int((await self.command("_result")).args[1])
+        self.conn.publish(sid, name)
+        return sid
+
     async def publish(self, name: str, app: str = "live") -> tuple[int, ClientCommand]:
         self.conn.connect(app, f"rtmp://127.0.0.1/{app}")
         await self.command("_result")

@@ -36,6 +36,7 @@ from .webhooks import WebhookConfig, Webhooks
 log = get_logger("rtmp2server")
 
 READ_SIZE = 256 * 1024  # bytes asked of the socket per read, as asyncio and uvloop do
+TAKEN = "already being published"
 REFUSAL_LINGER = 0.5  # seconds a refused publisher's connection stays for it to read why
 FD_RESERVE = 64  # file descriptors kept for the listeners, the log, the loop and the like
 
@@ -393,20 +394,10 @@ class Session(asyncio.BufferedProtocol):
             # it is not logged before.
             stream.name = ""
             request = self._access_request("publish", req.name, req.query, req.publish_type)
-            pending = _PendingPublish(req, stream)
-            self.pending[req.stream_id] = pending
-            pending.task = asyncio.ensure_future(self._decide_publish(stream, request))
-            pending.task.add_done_callback(lambda task: self._decided(pending, task))
+            self._await_answer(req, stream, self._decide_publish(stream, request))
             return
-        registry = self.server.registry
-        if registry.refuses(stream):
-            log.warning(
-                "peer %s: publish %s/%s refused: already being published",
-                self.peer,
-                stream.app,
-                stream.name,
-            )
-            conn.reject_publish(req, f"{req.name} is already being published.")
+        if self.server.registry.refuses(stream):
+            self._refuse(req, stream, f"{req.name} is already being published.", TAKEN)
             return
         try:
             answer = self.server.publish_handler(stream)
@@ -417,12 +408,16 @@ class Session(asyncio.BufferedProtocol):
             log.exception("peer %s: publish handler failed", self.peer)
             answer = False
         if isinstance(answer, Awaitable):
-            pending = _PendingPublish(req, stream)
-            self.pending[req.stream_id] = pending
-            pending.task = asyncio.ensure_future(answer)
-            pending.task.add_done_callback(lambda task: self._decided(pending, task))
+            self._await_answer(req, stream, answer)
             return
         self._answer_publish(req, stream, bool(answer))
+
+    def _await_answer(self, req: PublishRequest, stream: Stream, answer: Awaitable[bool]) -> None:
+        """Hold the publish (and what it sends) until `answer` is known."""
+        pending = _PendingPublish(req, stream)
+        self.pending[req.stream_id] = pending
+        pending.task = asyncio.ensure_future(answer)
+        pending.task.add_done_callback(lambda task: self._decided(pending, task))
 
     def _access_request(self, action: str, name: str, query: str, kind: str = "live") -> Request:
         transport = self.transport
@@ -529,7 +524,9 @@ class Session(asyncio.BufferedProtocol):
                 self.flush()
                 return
             if isinstance(error, Refused):
-                self._refuse(pending.request, pending.stream, error)
+                self._refuse(
+                    pending.request, pending.stream, error.description, error.reason, close=True
+                )
                 self.flush()
                 return
             if error is not None:
@@ -554,24 +551,10 @@ class Session(asyncio.BufferedProtocol):
         conn = self.conn
         registry = self.server.registry
         if not accepted:
-            registry.release(stream)
-            log.warning(
-                "peer %s: publish %s/%s refused: nobody takes this stream",
-                self.peer,
-                stream.app,
-                stream.name,
-            )
-            conn.reject_publish(req, f"{req.name} is not accepted here.")
+            self._refuse(req, stream, f"{req.name} is not accepted here.", "nobody takes it")
             return
         if registry.refuses(stream):  # taken while an asynchronous answer was pending
-            registry.release(stream)
-            log.warning(
-                "peer %s: publish %s/%s refused: already being published",
-                self.peer,
-                stream.app,
-                stream.name,
-            )
-            conn.reject_publish(req, f"{req.name} is already being published.")
+            self._refuse(req, stream, f"{req.name} is already being published.", TAKEN)
             return
         # Claimed only once accepted: a publish the handler refuses (no route for it, no
         # permission) never takes the name over from the one that has it.
@@ -589,28 +572,32 @@ class Session(asyncio.BufferedProtocol):
         registry.started(stream)
         self._notify("publish_start", stream)
 
-    def _refuse(self, req: PublishRequest, stream: Stream, err: Refused) -> None:
-        """An access refusal: the client is told, and the connection closes soon after
-        (OBS and rtmp2sink then show the failure instead of waiting)."""
+    def _refuse(
+        self,
+        req: PublishRequest,
+        stream: Stream,
+        description: str,
+        reason: str,
+        *,
+        close: bool = False,
+    ) -> None:
+        """Refuse a publish: the client is told `description`, the log gets `reason`. With
+        `close`, the connection closes soon after (OBS and rtmp2sink then show the failure
+        instead of waiting)."""
         self.server.registry.release(stream)
         log.warning(
-            "peer %s: publish %s/%s refused: %s", self.peer, stream.app, stream.name, err.reason
+            "peer %s: publish %s/%s refused: %s", self.peer, stream.app, stream.name, reason
         )
-        self.conn.reject_publish(req, err.description)
-        asyncio.get_running_loop().call_later(REFUSAL_LINGER, self.close, "refused")
+        self.conn.reject_publish(req, description)
+        if close:
+            asyncio.get_running_loop().call_later(REFUSAL_LINGER, self.close, "refused")
 
     def _refuse_unrecordable(
         self, req: PublishRequest, stream: Stream, err: RecordingError
     ) -> None:
-        self.server.registry.release(stream)
-        log.warning(
-            "peer %s: publish %s/%s refused: cannot record: %s",
-            self.peer,
-            stream.app,
-            stream.name,
-            err,
+        self._refuse(
+            req, stream, f"{req.name} cannot be recorded: {err.reason}.", f"cannot record: {err}"
         )
-        self.conn.reject_publish(req, f"{req.name} cannot be recorded: {err.reason}.")
 
     def _hold(self, pending: _PendingPublish, msg: Message) -> None:
         """Keep `msg` until the publish is decided; stop reading past the bound."""
