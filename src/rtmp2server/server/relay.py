@@ -37,9 +37,9 @@ import logging
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..config import RelayConfig as RelayConfig  # its old home: re-exported
 from ..protocol.chunk import ChunkWriter
 from ..protocol.connection import CSID_AUDIO, CSID_DATA, CSID_VIDEO
 from ..protocol.enhanced import (
@@ -69,22 +69,6 @@ DISCONTINUITY = 1000  # ms a publisher's timestamp may go back before it counts 
 _AVC_KEY = 0x17  # VideoTagHeader: keyframe (1) << 4 | AVC (7)
 _AVC_INTER = 0x27  # inter frame (2) << 4 | AVC
 _AAC = 10  # SoundFormat
-
-
-@dataclass
-class RelayConfig:
-    """Bounds and waits of the relay."""
-
-    play_wait: float = 10.0
-    """Seconds a player of an unpublished stream waits before NetStream.Play.StreamNotFound;
-    0 refuses at once, `math.inf` waits forever."""
-    gop_cache: bool = True
-    gop_max_messages: int = 4096
-    """Audio, video and configuration messages the GOP cache holds at most; a longer GOP is
-    not cached (late joiners then wait for the next keyframe)."""
-    gop_max_bytes: int = 32 * 1024 * 1024
-    player_max_buffer: int = 4 * 1024 * 1024
-    """Bytes queued in a player's socket buffer above which it drops to the next keyframe."""
 
 
 def frame_message(

@@ -14,12 +14,14 @@ connection too.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, cast
 
+from ..config import Listener, tls_context
+from ..config import RelayConfig as RelayConfig  # its old home: re-exported
+from ..config import ServerConfig as ServerConfig  # its old home: re-exported
 from ..logs import get_logger, redact_query
 from ..protocol.connection import ServerConnection, State
 from ..protocol.errors import RemoteProtocolError
@@ -27,45 +29,12 @@ from ..protocol.events import PlayRequest, PublishRequest, StreamClosed
 from ..protocol.messages import Message
 from .recorder import Recorder
 from .registry import Stream, StreamRegistry
-from .relay import Relay, RelayConfig
+from .relay import Relay
 
 log = get_logger("rtmp2server")
 
 READ_SIZE = 256 * 1024  # bytes asked of the socket per read, as asyncio and uvloop do
 FD_RESERVE = 64  # file descriptors kept for the listeners, the log, the loop and the like
-
-
-@dataclass
-class ServerConfig:
-    """Everything an `RTMPServer` needs to know; every per-peer bound lives here."""
-
-    host: str = "0.0.0.0"
-    port: int = 1935
-    record_dir: Path | None = None
-    """Where recordings go; None: do not record."""
-    chunk_size: int = 4096
-    """The chunk size we send with (announced at connect)."""
-    max_message_size: int = 16 * 1024 * 1024
-    """Largest RTMP message accepted from a peer, in bytes."""
-    window_ack_size: int = 5_000_000
-    handshake_timeout: float = 10.0
-    """Seconds from accept to a complete `connect`: a deadline, not a silence timer."""
-    start_timeout: float = 30.0
-    """Seconds from accept to the first `publish` or `play`; 0: no deadline."""
-    idle_timeout: float = 30.0
-    """Close a publisher (or a connection doing nothing) after this many seconds without one
-    complete message; 0: never. Players are not idle while they play."""
-    max_connections: int = 4096
-    """Connections at once; more are closed at accept (also bounded by the fd limit)."""
-    max_connections_per_ip: int = 64
-    """Connections at once from one address; 0: no limit."""
-    max_name_length: int = 256
-    """Longest application or stream name accepted, in characters (nginx-rtmp's bound)."""
-    drain_timeout: float = 5.0
-    """At shutdown, seconds to wait for publishers asked to reconnect (Enhanced RTMP v2
-    Reconnect Request) to leave before their connections are closed."""
-    relay: RelayConfig | None = field(default_factory=RelayConfig)
-    """Live playback of every publish (GOP cache, play wait, player bounds); None: none."""
 
 
 PublishHandler = Callable[[Stream], bool]
@@ -450,10 +419,23 @@ class RTMPServer:
 
     @property
     def port(self) -> int:
-        """The bound port (useful with `port=0`)."""
+        """The bound port of the first listener (useful with `port=0`)."""
+        return self.ports[0]
+
+    @property
+    def ports(self) -> list[int]:
+        """The bound port of each listener, in the order of `config.listeners()`."""
         if self._server is None or not self._server.sockets:
             raise RuntimeError("server not started")
-        return int(self._server.sockets[0].getsockname()[1])
+        return [lst.port for lst in self.listeners]
+
+    @property
+    def listeners(self) -> list[Listener]:
+        """Each listener with its bound port (`rtmps://127.0.0.1:40123`)."""
+        server = self._server
+        if not isinstance(server, _Listeners) or not server.sockets:
+            raise RuntimeError("server not started")
+        return server.bound()
 
     @property
     def sessions(self) -> frozenset[Session]:
@@ -522,6 +504,10 @@ class RTMPServer:
         return True
 
     async def start(self) -> None:
+        """Listen on every listener of the configuration (`config.listeners()`): one asyncio
+        server each, plain or TLS. Raises ConfigError for a value not accepted, OSError if an
+        address cannot be bound (then nothing listens)."""
+        self.config.validate()
         self._limit = self.max_connections()
         if self._limit < self.config.max_connections:
             log.warning(
@@ -531,14 +517,33 @@ class RTMPServer:
                 self.config.max_connections,
             )
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: Session(self),
-            self.config.host,
-            self.config.port,
-            reuse_address=True,
-            backlog=128,
-        )
-        log.info("listening on %s:%d", self.config.host, self.port)
+        listeners = _Listeners()
+        try:
+            for listener in self.config.listeners():
+                factory: Callable[[], asyncio.BaseProtocol]
+                if listener.tls:
+                    context = tls_context(self.config)
+
+                    def factory(lst: Listener = listener, ctx: ssl.SSLContext = context) -> Any:
+                        return _TLSAccept(self, lst, ctx, listeners)
+                else:
+
+                    def factory() -> Any:
+                        return Session(self)
+
+                server = await loop.create_server(
+                    factory, listener.host, listener.port, reuse_address=True, backlog=128
+                )
+                listeners.add(listener, server)
+        except BaseException:
+            listeners.close()
+            await listeners.wait_closed()
+            raise
+        # The listeners stand in for the one asyncio.Server that the rest of this class uses
+        # (close, wait_closed, serve_forever, sockets): they answer for all of them.
+        self._server = cast(asyncio.Server, listeners)
+        for url in listeners.urls():
+            log.info("listening on %s", url)
 
     async def serve_forever(self) -> None:
         """Serve until cancelled; however it ends, every recording is finished."""
@@ -592,3 +597,142 @@ class RTMPServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+class _Listeners:
+    """The asyncio servers of an `RTMPServer`, one per listener, used as one: the part of
+    `asyncio.Server` that `RTMPServer` calls (close, wait_closed, serve_forever, sockets)."""
+
+    def __init__(self) -> None:
+        self.servers: list[tuple[Listener, asyncio.Server]] = []
+        self.handshakes: set[_TLSAccept] = set()  # TLS handshakes under way
+
+    def add(self, listener: Listener, server: asyncio.Server) -> None:
+        self.servers.append((listener, server))
+
+    def bound(self) -> list[Listener]:
+        out = []
+        for listener, server in self.servers:
+            port = int(server.sockets[0].getsockname()[1]) if server.sockets else listener.port
+            out.append(Listener(listener.scheme, listener.host, port))
+        return out
+
+    def urls(self) -> list[str]:
+        return [lst.url for lst in self.bound()]
+
+    @property
+    def sockets(self) -> list[Any]:
+        return [sock for _, server in self.servers for sock in server.sockets]
+
+    def is_serving(self) -> bool:
+        return any(server.is_serving() for _, server in self.servers)
+
+    def close(self) -> None:
+        for _, server in self.servers:
+            server.close()
+        for handshake in list(self.handshakes):
+            handshake.abort()
+
+    async def wait_closed(self) -> None:
+        for _, server in self.servers:
+            await server.wait_closed()
+
+    async def serve_forever(self) -> None:
+        await asyncio.gather(*(server.serve_forever() for _, server in self.servers))
+
+
+class _TLSAccept(asyncio.Protocol):
+    """An accepted connection on an rtmps listener until its TLS handshake is done; then its
+    `Session` gets the TLS transport.
+
+    `loop.start_tls` rather than `create_server(ssl=...)`: with the latter, a failed
+    handshake (a plain RTMP client, a certificate the client refused) closes the socket
+    without a word unless the loop is in debug mode, and nothing of ours hears of it; here the
+    failure is ours to log, in one line naming the peer. The handshake counts against
+    `handshake_timeout` (the session's clock starts at the accept) and against
+    `max_connections` while it is under way.
+    """
+
+    def __init__(
+        self, server: RTMPServer, listener: Listener, context: ssl.SSLContext, group: _Listeners
+    ) -> None:
+        self.server = server
+        self.listener = listener
+        self.context = context
+        self.group = group
+        self.transport: asyncio.Transport | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.peer = "?"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.pause_reading()  # start_tls reads the ClientHello, not us
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            ip = str(peer[0])
+            self.peer = f"[{ip}]:{peer[1]}" if ":" in ip else f"{ip}:{peer[1]}"
+        pending = len(self.group.handshakes) + len(self.server.sessions)
+        if pending >= self.server._limit:
+            log.warning(
+                "peer %s: connection refused: %d connections and TLS handshakes open, the "
+                "limit is %d",
+                self.peer,
+                pending,
+                self.server._limit,
+            )
+            self.transport.abort()
+            return
+        self.group.handshakes.add(self)
+        self.task = asyncio.get_running_loop().create_task(self._handshake())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass  # start_tls's waiter fails, and _handshake logs it
+
+    def abort(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def _handshake(self) -> None:
+        assert self.transport is not None
+        session = Session(self.server)
+        timeout = self.server.config.handshake_timeout
+        try:
+            tls = await asyncio.get_running_loop().start_tls(
+                self.transport,
+                session,
+                self.context,
+                server_side=True,
+                ssl_handshake_timeout=timeout if timeout > 0 else None,
+            )
+        except asyncio.CancelledError:
+            self.transport.abort()
+            raise
+        except Exception as err:
+            log.warning(
+                "peer %s: TLS handshake failed on %s: %s; expected a TLS ClientHello (a plain "
+                "RTMP client sends version byte 3 here: it should use an rtmp:// listener); "
+                "closing",
+                self.peer,
+                self.listener.url,
+                _tls_failure(err),
+            )
+            self.transport.abort()
+            return
+        finally:
+            self.group.handshakes.discard(self)
+        if tls is None:  # the peer left as the handshake finished
+            return
+        session.connection_made(tls)
+
+
+def _tls_failure(err: BaseException) -> str:
+    """A failed TLS handshake in a few words (OpenSSL's reason, or what happened)."""
+    if isinstance(err, ssl.SSLError):
+        return f"{err.reason or err.__class__.__name__} ({err.library or 'ssl'})"
+    if isinstance(err, (TimeoutError, asyncio.TimeoutError)):
+        return "no complete TLS handshake in time"
+    if isinstance(err, ConnectionError):
+        return f"connection lost during the handshake ({err.__class__.__name__})"
+    return f"{err.__class__.__name__}: {err}"
