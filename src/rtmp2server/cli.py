@@ -93,13 +93,6 @@ def reload(server: RTMPServer, args: argparse.Namespace) -> bool:
 
 async def run(cfg: ServerConfig, args: argparse.Namespace | None = None) -> int:
     server = RTMPServer(cfg)
-    try:
-        await server.start()
-    except OSError as err:
-        where = ", ".join(lst.url for lst in cfg.listeners())
-        print(f"rtmp2-server: cannot listen on {where}: {err.strerror or err}", file=sys.stderr)
-        return 1
-    log.info("accepting up to %d connections", server.max_connections())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals: list[signal.Signals] = []
@@ -108,6 +101,7 @@ async def run(cfg: ServerConfig, args: argparse.Namespace | None = None) -> int:
         signals.append(sig)
         stop.set()
 
+    # Before the port opens: whoever sees it open may signal at once.
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
     if args is not None and args.config is not None:
@@ -115,6 +109,13 @@ async def run(cfg: ServerConfig, args: argparse.Namespace | None = None) -> int:
     else:
         # Nothing to read again; SIGHUP would otherwise end the process.
         loop.add_signal_handler(signal.SIGHUP, log.info, "SIGHUP: no --config file to reload")
+    try:
+        await server.start()
+    except OSError as err:
+        where = ", ".join(lst.url for lst in cfg.listeners())
+        print(f"rtmp2-server: cannot listen on {where}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    log.info("accepting up to %d connections", server.max_connections())
     await stop.wait()
     if signals[0] == signal.SIGTERM:
         # Graceful maintenance: publishers that can reconnect are asked to, first.
