@@ -14,6 +14,8 @@ connection too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -520,20 +522,18 @@ class RTMPServer:
         listeners = _Listeners()
         try:
             for listener in self.config.listeners():
-                factory: Callable[[], asyncio.BaseProtocol]
+                server: asyncio.Server | _TLSListener
                 if listener.tls:
                     context = tls_context(self.config)
-
-                    def factory(lst: Listener = listener, ctx: ssl.SSLContext = context) -> Any:
-                        return _TLSAccept(self, lst, ctx, listeners)
+                    server = await _TLSListener.open(self, listener, context)
                 else:
-
-                    def factory() -> Any:
-                        return Session(self)
-
-                server = await loop.create_server(
-                    factory, listener.host, listener.port, reuse_address=True, backlog=128
-                )
+                    server = await loop.create_server(
+                        lambda: Session(self),
+                        listener.host,
+                        listener.port,
+                        reuse_address=True,
+                        backlog=128,
+                    )
                 listeners.add(listener, server)
         except BaseException:
             listeners.close()
@@ -604,10 +604,9 @@ class _Listeners:
     `asyncio.Server` that `RTMPServer` calls (close, wait_closed, serve_forever, sockets)."""
 
     def __init__(self) -> None:
-        self.servers: list[tuple[Listener, asyncio.Server]] = []
-        self.handshakes: set[_TLSAccept] = set()  # TLS handshakes under way
+        self.servers: list[tuple[Listener, asyncio.Server | _TLSListener]] = []
 
-    def add(self, listener: Listener, server: asyncio.Server) -> None:
+    def add(self, listener: Listener, server: asyncio.Server | _TLSListener) -> None:
         self.servers.append((listener, server))
 
     def bound(self) -> list[Listener]:
@@ -630,8 +629,6 @@ class _Listeners:
     def close(self) -> None:
         for _, server in self.servers:
             server.close()
-        for handshake in list(self.handshakes):
-            handshake.abort()
 
     async def wait_closed(self) -> None:
         for _, server in self.servers:
@@ -641,90 +638,166 @@ class _Listeners:
         await asyncio.gather(*(server.serve_forever() for _, server in self.servers))
 
 
-class _TLSAccept(asyncio.Protocol):
-    """An accepted connection on an rtmps listener until its TLS handshake is done; then its
-    `Session` gets the TLS transport.
+class _TLSListener:
+    """An rtmps listener: its own accept loop, then `loop.connect_accepted_socket(ssl=...)`.
 
-    `loop.start_tls` rather than `create_server(ssl=...)`: with the latter, a failed
-    handshake (a plain RTMP client, a certificate the client refused) closes the socket
-    without a word unless the loop is in debug mode, and nothing of ours hears of it; here the
-    failure is ours to log, in one line naming the peer. The handshake counts against
-    `handshake_timeout` (the session's clock starts at the accept) and against
-    `max_connections` while it is under way.
+    Not `create_server(ssl=...)`: with it, a failed handshake closes the socket without a
+    word unless the loop is in debug mode, and nothing of ours hears of it. Here the
+    handshake's failure is ours to log, in one line naming the peer.
+
+    Before the handshake, the first byte is looked at (peeked: TLS still reads it). A plain
+    RTMP client sends C0 = 3 and waits for S0; OpenSSL takes those bytes for the header of a
+    record and would wait for the rest of it until the timeout. So a first byte other than
+    0x16 (a TLS handshake record) is refused at once, saying what it was. The handshake counts
+    against `handshake_timeout` (the session's clock starts at the accept) and, while under
+    way, against `max_connections`.
     """
 
     def __init__(
-        self, server: RTMPServer, listener: Listener, context: ssl.SSLContext, group: _Listeners
+        self, server: RTMPServer, listener: Listener, context: ssl.SSLContext, sock: socket.socket
     ) -> None:
         self.server = server
         self.listener = listener
         self.context = context
-        self.group = group
-        self.transport: asyncio.Transport | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.peer = "?"
+        self.sockets = [sock]
+        self.handshakes: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = asyncio.get_running_loop().create_future()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self.transport.pause_reading()  # start_tls reads the ClientHello, not us
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple) and len(peer) >= 2:
-            ip = str(peer[0])
-            self.peer = f"[{ip}]:{peer[1]}" if ":" in ip else f"{ip}:{peer[1]}"
-        pending = len(self.group.handshakes) + len(self.server.sessions)
-        if pending >= self.server._limit:
-            log.warning(
-                "peer %s: connection refused: %d connections and TLS handshakes open, the "
-                "limit is %d",
-                self.peer,
-                pending,
-                self.server._limit,
-            )
-            self.transport.abort()
-            return
-        self.group.handshakes.add(self)
-        self.task = asyncio.get_running_loop().create_task(self._handshake())
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        pass  # start_tls's waiter fails, and _handshake logs it
-
-    def abort(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-        if self.transport is not None:
-            self.transport.abort()
-
-    async def _handshake(self) -> None:
-        assert self.transport is not None
-        session = Session(self.server)
-        timeout = self.server.config.handshake_timeout
+    @classmethod
+    async def open(
+        cls, server: RTMPServer, listener: Listener, context: ssl.SSLContext
+    ) -> _TLSListener:
+        """Bind and listen (the first address the host resolves to) and start accepting."""
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(
+            listener.host, listener.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        family, kind, proto, _name, address = infos[0]
+        sock = socket.socket(family, kind, proto)
         try:
-            tls = await asyncio.get_running_loop().start_tls(
-                self.transport,
-                session,
-                self.context,
-                server_side=True,
-                ssl_handshake_timeout=timeout if timeout > 0 else None,
-            )
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(128)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        bound = Listener(listener.scheme, listener.host, int(sock.getsockname()[1]))
+        self = cls(server, bound, context, sock)
+        self._task = loop.create_task(self._accept_loop())
+        return self
+
+    def is_serving(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        for task in list(self.handshakes):
+            task.cancel()
+        for sock in self.sockets:
+            sock.close()
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    async def wait_closed(self) -> None:
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def serve_forever(self) -> None:
+        await self._closed
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        sock = self.sockets[0]
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(sock)
+            except OSError as err:
+                # Out of file descriptors and the like: wait a little, as asyncio's server does.
+                log.warning("%s: accept failed: %s", self.listener.url, err)
+                await asyncio.sleep(0.1)
+                continue
+            peer = _peer_name(addr)
+            open_now = len(self.handshakes) + len(self.server.sessions)
+            if open_now >= self.server._limit:
+                log.warning(
+                    "peer %s: connection refused: %d connections and TLS handshakes open, the "
+                    "limit is %d",
+                    peer,
+                    open_now,
+                    self.server._limit,
+                )
+                conn.close()
+                continue
+            task = loop.create_task(self._handshake(conn, peer))
+            self.handshakes.add(task)
+            task.add_done_callback(self.handshakes.discard)
+
+    async def _handshake(self, conn: socket.socket, peer: str) -> None:
+        loop = asyncio.get_running_loop()
+        accepted_at = time.monotonic()
+        limit = self.server.config.handshake_timeout
+        why = None
+        try:
+            async with asyncio.timeout(limit if limit > 0 else None):
+                first = await _peek(conn)
+                if not first:
+                    why = "closed by the peer before any byte"
+                elif first[0] != 0x16:
+                    what = "RTMP version 3: a plain RTMP client" if first[0] == 3 else "not TLS"
+                    why = (
+                        f"first byte {first[0]:#04x} ({what}), expected a TLS ClientHello "
+                        "(0x16): this listener speaks RTMPS; plain RTMP goes to an rtmp:// "
+                        "listener"
+                    )
+                else:
+                    session = Session(self.server)
+                    session.accepted_at = accepted_at
+                    await loop.connect_accepted_socket(
+                        lambda: session,
+                        conn,
+                        ssl=self.context,
+                        # Ours (above) comes first; this only keeps asyncio's default away.
+                        ssl_handshake_timeout=limit + 1 if limit > 0 else None,
+                    )
+                    return
+        except TimeoutError:
+            why = f"no complete TLS handshake within {limit:g} s of the accept"
         except asyncio.CancelledError:
-            self.transport.abort()
+            conn.close()
             raise
         except Exception as err:
-            log.warning(
-                "peer %s: TLS handshake failed on %s: %s; expected a TLS ClientHello (a plain "
-                "RTMP client sends version byte 3 here: it should use an rtmp:// listener); "
-                "closing",
-                self.peer,
-                self.listener.url,
-                _tls_failure(err),
-            )
-            self.transport.abort()
-            return
+            why = f"TLS handshake failed: {_tls_failure(err)}"
+        log.warning("peer %s: %s: %s; closing", peer, self.listener.url, why)
+        conn.close()
+
+
+async def _peek(conn: socket.socket) -> bytes:
+    """The first byte of `conn` without reading it (b"" if the peer closed first)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            return conn.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except ConnectionError:
+            return b""
+        ready = loop.create_future()
+        loop.add_reader(conn.fileno(), ready.set_result, None)
+        try:
+            await ready
         finally:
-            self.group.handshakes.discard(self)
-        if tls is None:  # the peer left as the handshake finished
-            return
-        session.connection_made(tls)
+            loop.remove_reader(conn.fileno())
+
+
+def _peer_name(addr: Any) -> str:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        ip = str(addr[0])
+        return f"[{ip}]:{addr[1]}" if ":" in ip else f"{ip}:{addr[1]}"
+    return str(addr)
 
 
 def _tls_failure(err: BaseException) -> str:
