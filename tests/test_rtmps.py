@@ -201,7 +201,8 @@ def test_tls_on_the_plain_port_ends_only_itself(server: TLSServer, source: Sourc
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
-        local = "%s:%d" % raw.getsockname()[:2]
+        host, port = raw.getsockname()[:2]
+        local = f"{host}:{port}"
         with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
             context.wrap_socket(raw, server_hostname="127.0.0.1")
     lines = server.wait_for_log(rf"peer {local}: handshake: C0 version 22")
