@@ -135,6 +135,25 @@ def test_flags_set_their_field(argv: list[str], attr: str, value: Any) -> None:
     assert _get(cfg, attr) == value
 
 
+def test_library_configs_are_checked_at_start() -> None:
+    import asyncio
+
+    from rtmp2server.server import RTMPServer
+
+    async def start(cfg: ServerConfig) -> None:
+        server = RTMPServer(cfg)
+        try:
+            await server.start()
+        finally:
+            await server.close()
+
+    with pytest.raises(config.ConfigError, match="chunk_size: got 0"):
+        asyncio.run(start(ServerConfig(host="127.0.0.1", port=0, chunk_size=0)))
+    with pytest.raises(config.ConfigError, match="tls_cert"):
+        asyncio.run(start(ServerConfig(listen=[Listener("rtmps", "127.0.0.1", 0)])))
+    asyncio.run(start(ServerConfig(host="", port=0)))  # empty host: every interface
+
+
 def test_cli_default_records_to_recordings() -> None:
     cfg = cli.config_from_args(cli.build_parser().parse_args([]))
     assert cfg.record_dir == Path("recordings")
@@ -157,7 +176,7 @@ def _out_of_range(key: Key) -> list[Any]:
     if key.kind == "listen":
         return [["http://a:1"], ["rtmp://a:99999"], [3]]
     if key.kind in ("str", "path"):
-        return [""]
+        return [] if key.empty else [""]
     out: list[Any] = []
     if key.lo is not None:
         out.append(int(key.lo) - 1 if key.kind == "int" else float(key.lo) - 0.5)

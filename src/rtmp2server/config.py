@@ -70,9 +70,10 @@ def _key(
     flags: tuple[str, ...] = (),
     factory: Callable[[], Any] | None = None,
     file_default: Any = MISSING,
+    empty: bool = False,
 ) -> Any:
     """A dataclass field that is also a configuration key (see `Key` for the meta data)."""
-    meta = _meta(section, kind, lo, hi, choices, inf, flags, file_default)
+    meta = _meta(section, kind, lo, hi, choices, inf, flags, file_default, empty)
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -87,8 +88,10 @@ def _meta(
     inf: bool = False,
     flags: tuple[str, ...] = (),
     file_default: Any = MISSING,
+    empty: bool = False,
 ) -> dict[str, Any]:
     return {
+        "empty": empty,
         "section": section,
         "kind": kind,
         "lo": lo,
@@ -196,9 +199,9 @@ class ServerConfig:
     """
 
     # [server]
-    host: str = _key("server", "0.0.0.0", kind="str")
+    host: str = _key("server", "0.0.0.0", kind="str", empty=True)
     """Address of the plain RTMP listener that --host/--port make (a shorthand for
-    --listen rtmp://HOST:PORT)."""
+    --listen rtmp://HOST:PORT); empty: every interface, IPv4 and IPv6."""
     port: int = _key("server", 1935, kind="int", lo=0, hi=65535)
     """TCP port of that listener (0: a free one)."""
     listen: list[Listener] = field(default_factory=list, metadata=_meta("server", "listen"))
@@ -362,6 +365,8 @@ class Key:
     """Whether inf is accepted (a float key)."""
     flags: tuple[str, ...] = ()
     """Older flag names that still work."""
+    empty: bool = False
+    """Whether an empty string is accepted (a str key)."""
 
     @property
     def flag(self) -> str:
@@ -423,7 +428,7 @@ class Key:
                 value = str(value)
             if not isinstance(value, str):
                 raise bad()
-            if not value:
+            if not value and not self.empty:
                 raise bad("empty")
             if self.choices and value not in self.choices:
                 raise bad("not one of them")
@@ -516,6 +521,7 @@ def _keys_of(cls: type, owner: str) -> list[Key]:
                 choices=meta["choices"],
                 inf=meta["inf"],
                 flags=meta["flags"],
+                empty=meta["empty"],
             )
         )
     return out
