@@ -528,3 +528,23 @@ def test_sighup_with_a_bad_file_keeps_the_running_configuration(tmp_path: Path) 
         s.wait_for_log("reload: .*not TOML")
         assert s.alive()
     assert s.returncode == 0, s.log()
+
+
+def test_the_readme_example_is_a_valid_file(tmp_path: Path) -> None:
+    import trustme
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    ca = trustme.CA()
+    issued = ca.issue_cert("localhost")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(b"".join(pem.bytes() for pem in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(str(key))
+    example = example.replace("/etc/rtmp2-server/fullchain.pem", str(cert))
+    example = example.replace("/etc/rtmp2-server/privkey.pem", str(key))
+    path = tmp_path / "example.toml"
+    path.write_text(example)
+    cfg = config.resolve(path, {}).config
+    assert [lst.url for lst in cfg.listeners()] == ["rtmp://0.0.0.0:1935", "rtmps://0.0.0.0:443"]
+    assert cfg.record_dir == Path("/srv/recordings") and "live" in cfg.apps

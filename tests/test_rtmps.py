@@ -210,3 +210,47 @@ def test_tls_on_the_plain_port_ends_only_itself(server: TLSServer, source: Sourc
     assert "TLS ClientHello" in lines[0] and "rtmps://" in lines[0]
     assert publisher.wait(30).returncode == 0, publisher.output
     assert_recorded_exactly(server, "besidetls", source)
+
+
+def test_library_server_listens_on_rtmp_and_rtmps_with_the_asyncio_loop(certs: Certs) -> None:
+    """The same listeners under the standard event loop (the command runs on uvloop), with
+    `ports` and `listeners` naming every bound port."""
+    import asyncio
+
+    from rtmp2server.config import Listener, ServerConfig
+    from rtmp2server.server import RTMPServer
+
+    async def main() -> None:
+        cfg = ServerConfig(
+            listen=[Listener("rtmp", "127.0.0.1", 0), Listener("rtmps", "127.0.0.1", 0)],
+            tls_cert=certs.cert,
+            tls_key=certs.key,
+        )
+        async with RTMPServer(cfg) as server:
+            plain, tls = server.ports
+            assert server.port == plain and plain != tls and 0 not in (plain, tls)
+            assert [lst.url for lst in server.listeners] == [
+                f"rtmp://127.0.0.1:{plain}",
+                f"rtmps://127.0.0.1:{tls}",
+            ]
+            context = ssl.create_default_context(cafile=str(certs.ca))
+            for port, ctx in ((plain, None), (tls, context)):
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1" if ctx else None
+                )
+                writer.write(b"\x03" + bytes(1536))
+                assert await asyncio.wait_for(reader.readexactly(1), 5) == b"\x03"
+                writer.close()
+            # A TLS client on the plain port: that connection closes, the server goes on.
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                await asyncio.open_connection(
+                    "127.0.0.1", plain, ssl=context, server_hostname="127.0.0.1"
+                )
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", tls, ssl=context, server_hostname="127.0.0.1"
+            )
+            writer.write(b"\x03" + bytes(1536))
+            assert await asyncio.wait_for(reader.readexactly(1), 5) == b"\x03"
+            writer.close()
+
+    asyncio.run(main())
