@@ -274,7 +274,7 @@ def test_key_in_the_wrong_section_is_unknown(
     path = tmp_path / "c.toml"
     path.write_text("[limits]\nidle_timeout = 1\n")
     code, _, err = run_main(["--config", str(path)], capsys)
-    assert_one_line_error(code, err, "limits.idle_timeout", "unknown key")
+    assert_one_line_error(code, err, "limits.idle_timeout", "unknown key", "goes in [timeouts]")
 
 
 @pytest.mark.parametrize(

@@ -580,7 +580,10 @@ def parse_tree(data: Mapping[str, Any]) -> dict[str, Any]:
         for name, value in table.items():
             key = KEY_BY_NAME.get(name)
             if key is None or key.section != section:
-                raise ConfigError(f"{section}.{name}", "unknown key", "one of " + ", ".join(names))
+                hint = f" ({name} goes in [{key.section}])" if key is not None else ""
+                raise ConfigError(
+                    f"{section}.{name}", "unknown key", "one of " + ", ".join(names) + hint
+                )
             try:
                 values[name] = key.check(value)
             except ConfigError as err:
@@ -699,7 +702,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         shown = key.default
         if key.kind == "listen":
             shown = "rtmp://HOST:PORT"
-        default = f" (default {_show(shown)})" if shown not in (None, True, False) else ""
+        shows = shown is not None and not isinstance(shown, bool)
+        default = f" (default {_show(shown)})" if shows else ""
         text = (key.help + default).replace("%", "%%")
         if key.kind == "bool":
             group.add_argument(
@@ -724,10 +728,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 key.flag,
                 *key.flags,
                 dest=key.name,
-                metavar=key.name.upper() if not key.choices else "{" + ",".join(key.choices) + "}",
+                metavar=_metavar(key),
                 default=argparse.SUPPRESS,
                 help=text,
             )
+
+
+def _metavar(key: Key) -> str:
+    if key.choices:
+        return "{" + ",".join(key.choices) + "}"
+    # Every float key is a time in seconds.
+    return {"int": "N", "float": "SECONDS", "path": "PATH"}.get(key.kind, key.name.upper())
 
 
 def values_from_args(args: argparse.Namespace) -> dict[str, Any]:
