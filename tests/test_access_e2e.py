@@ -21,7 +21,7 @@ from aiohttp import web
 
 from rtmp2server.server import RTMPServer, ServerConfig
 from rtmp2server.server.access import AccessConfig, AppAccess, Rule
-from rtmp2server.server.webhooks import SIGNATURE_HEADER, WebhookConfig
+from rtmp2server.server.webhooks import SIGNATURE_HEADER
 from support.clients import CLIENTS, publish
 from support.http import serve_http
 from support.media import SourceMedia
@@ -217,7 +217,8 @@ def test_webhooks_of_a_real_publish_and_play_are_signed(
                 host="127.0.0.1",
                 port=0,
                 record_dir=tmp_path / "rec",
-                webhook=WebhookConfig(url=url, secret=secret),
+                webhook=url,
+                webhook_secret=secret,
             )
         )
         await server.start()

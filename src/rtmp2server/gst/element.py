@@ -34,6 +34,7 @@ from gi.repository import GLib, GObject, Gst, GstBase  # noqa: E402
 if not Gst.is_initialized():  # imported by an application rather than the plugin loader
     Gst.init(None)
 
+from ..config import ServerConfig  # noqa: E402
 from ..logs import get_logger  # noqa: E402
 from ..protocol.messages import Message  # noqa: E402
 from . import shared  # noqa: E402
@@ -53,8 +54,9 @@ ELEMENT_NAME: Final = "rtmp2serversrc"
 START_MESSAGE: Final = "rtmp2serversrc-publish-start"
 STOP_MESSAGE: Final = "rtmp2serversrc-publish-stop"
 
-DEFAULT_HOST: Final = "0.0.0.0"
-DEFAULT_PORT: Final = 1935
+# From the configuration tree, where every default lives.
+DEFAULT_HOST: Final = ServerConfig().host
+DEFAULT_PORT: Final = ServerConfig().port
 
 _RW = GObject.ParamFlags.READWRITE | Gst.PARAM_MUTABLE_READY
 _EOS = object()  # in the output queue: end of stream after what came before

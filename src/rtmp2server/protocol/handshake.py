@@ -94,7 +94,8 @@ _KNOWN_OTHER_VERSIONS = {
     0x06: "RTMPE (encrypted RTMP), which is not supported",
     0x08: "RTMPE with XTEA (encrypted RTMP), which is not supported",
     0x09: "RTMPE with Blowfish (encrypted RTMP), which is not supported",
-    0x16: "the first byte of a TLS record: RTMPS must be terminated before this server",
+    0x16: "a TLS ClientHello: this listener speaks plain RTMP; use rtmp:// here, or rtmps:// "
+    "to an rtmps listener",
     0x47: "'G', as in an HTTP GET: this is an RTMP port, not an HTTP one",
     0x50: "'P', as in an HTTP POST: RTMPT (RTMP over HTTP) is not supported",
 }

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from ..config import AppConfig, ServerConfig
 from ..logs import get_logger
 
 log = get_logger(__name__)
@@ -408,3 +409,37 @@ def _nginx_answer(req: Request, status: int, location: str) -> Decision:
         if new:
             return Decision(True, new, reason=f"renamed by the callback ({status})")
     return Decision(False, reason=f"callback answered {status}")
+
+
+def access_config(config: ServerConfig) -> AccessConfig:
+    """The access rules of a server configuration: its `[access]` keys and `[apps.NAME]`
+    tables (or the `AccessConfig` a library user gave as `access`)."""
+    if isinstance(config.access, AccessConfig):
+        return config.access
+
+    def app_access(app: AppConfig | None) -> AppAccess:
+        if app is None:
+            return AppAccess(
+                publish=Rule("callback" if config.on_publish else "allow"),
+                play=Rule("callback" if config.on_play else "allow"),
+            )
+        return AppAccess(
+            publish=Rule(app.publish, list(app.publish_allow), list(app.publish_deny)),
+            play=Rule(app.play, list(app.play_allow), list(app.play_deny)),
+            keys=dict(app.keys),
+            play_keys=list(app.play_keys),
+            on_connect=app.on_connect or None,
+            on_publish=app.on_publish or None,
+            on_play=app.on_play or None,
+        )
+
+    return AccessConfig(
+        apps={name: app_access(app) for name, app in config.apps.items()},
+        default=app_access(None),
+        on_connect=config.on_connect or None,
+        on_publish=config.on_publish or None,
+        on_play=config.on_play or None,
+        callback_format=config.callback_format,
+        callback_timeout=config.callback_timeout,
+        fail_open=config.fail_open,
+    )

@@ -46,9 +46,9 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..config import RelayConfig as RelayConfig  # its old home: re-exported
 from ..logs import get_logger
 from ..protocol.chunk import ChunkWriter
 from ..protocol.connection import CSID_AUDIO, CSID_DATA, CSID_VIDEO
@@ -79,30 +79,6 @@ DISCONTINUITY = 1000  # ms a publisher's timestamp may go back before it counts 
 _AVC_KEY = 0x17  # VideoTagHeader: keyframe (1) << 4 | AVC (7)
 _AVC_INTER = 0x27  # inter frame (2) << 4 | AVC
 _AAC = 10  # SoundFormat
-
-
-@dataclass
-class RelayConfig:
-    """Bounds and waits of the relay."""
-
-    play_wait: float = 10.0
-    """Seconds a player of an unpublished stream waits before NetStream.Play.StreamNotFound;
-    0 refuses at once, `math.inf` waits forever."""
-    gop_cache: bool = True
-    gop_max_messages: int = 4096
-    """Audio, video and configuration messages the GOP cache holds at most; a longer GOP is
-    not cached (late joiners then wait for the next keyframe)."""
-    gop_max_bytes: int = 32 * 1024 * 1024
-    player_max_buffer: int = 4 * 1024 * 1024
-    """Bytes queued in a player's socket buffer above which it drops to the next keyframe."""
-    republish_grace: float = 10.0
-    """Seconds players stay attached, told nothing, when the publish they play ends: a
-    publisher that returns (or takes over) within them is played on seamlessly, with
-    monotonic timestamps, from its first keyframe. After them, players get
-    NetStream.Play.UnpublishNotify and Stream EOF (ffmpeg, rtmpdump and rtmp2src then stop).
-    0: at once (players see every gap); `math.inf`: never. 10 s covers an encoder's
-    reconnect (OBS's automatic reconnect retries within a few seconds; a takeover is no gap
-    at all) without keeping the players of a stream that really ended for long."""
 
 
 def frame_message(

@@ -14,23 +14,26 @@ connection too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, cast
 
+from ..config import Listener, tls_context
+from ..config import RelayConfig as RelayConfig  # its old home: re-exported
+from ..config import ServerConfig as ServerConfig  # its old home: re-exported
 from ..logs import get_logger, redact_query
-from ..protocol.chunk import DEFAULT_MAX_CHUNK_SIZE, DEFAULT_MAX_CHUNK_STREAMS
 from ..protocol.connection import ServerConnection, State, StreamState
 from ..protocol.errors import BudgetExceeded, RemoteProtocolError
 from ..protocol.events import Connected, PlayRequest, PublishRequest, StreamClosed
 from ..protocol.messages import Message
-from .access import AccessConfig, AccessControl, Decision, Request
+from .access import AccessControl, Decision, Request, access_config
 from .recorder import Recorder, RecordingError
 from .registry import Republish, Stream, StreamRegistry
-from .relay import Relay, RelayConfig
+from .relay import Relay
 from .webhooks import WebhookConfig, Webhooks
 
 log = get_logger("rtmp2server")
@@ -39,62 +42,6 @@ READ_SIZE = 256 * 1024  # bytes asked of the socket per read, as asyncio and uvl
 TAKEN = "already being published"
 REFUSAL_LINGER = 0.5  # seconds a refused publisher's connection stays for it to read why
 FD_RESERVE = 64  # file descriptors kept for the listeners, the log, the loop and the like
-
-
-@dataclass
-class ServerConfig:
-    """Everything an `RTMPServer` needs to know; every per-peer bound lives here."""
-
-    host: str = "0.0.0.0"
-    port: int = 1935
-    record_dir: Path | None = None
-    """Where recordings go; None: do not record."""
-    chunk_size: int = 4096
-    """The chunk size we send with (announced at connect)."""
-    max_message_size: int = 16 * 1024 * 1024
-    """Largest RTMP message accepted from a peer, in bytes."""
-    max_chunk_size: int = DEFAULT_MAX_CHUNK_SIZE
-    """Largest Set Chunk Size accepted from a peer (real encoders send 128 to 65536)."""
-    max_chunk_streams: int = DEFAULT_MAX_CHUNK_STREAMS
-    """Chunk stream ids one connection may use (real clients use at most five)."""
-    max_partial_bytes: int | None = None
-    """Bytes one connection may hold in messages not yet complete; None: max_message_size
-    + 1 MiB (one largest message beside interleaved audio and control)."""
-    window_ack_size: int = 5_000_000
-    handshake_timeout: float = 10.0
-    """Seconds from accept to a complete `connect`: a deadline, not a silence timer."""
-    start_timeout: float = 30.0
-    """Seconds from accept to the first `publish` or `play`; 0: no deadline."""
-    idle_timeout: float = 30.0
-    """Close a publisher (or a connection doing nothing) after this many seconds without one
-    complete message; 0: never. Players are not idle while they play."""
-    max_connections: int = 4096
-    """Connections at once; more are closed at accept (also bounded by the fd limit)."""
-    max_connections_per_ip: int = 64
-    """Connections at once from one address; 0: no limit."""
-    max_name_length: int = 256
-    """Longest application or stream name accepted, in characters (nginx-rtmp's bound)."""
-    record_flush_interval: float = 1.0
-    """Seconds tags may wait in memory before they are written: what a killed server (SIGKILL,
-    OOM) can lose of a recording at most."""
-    record_fsync_interval: float = 0.0
-    """Seconds between fsyncs of each recording (0: never; the kernel writes it back). An
-    fsync runs on the event loop and blocks it for as long as the disk takes."""
-    republish: Republish = "takeover"
-    """A publish of a name already being published: `takeover` (the new publisher replaces
-    the old one, whose connection is closed) or `refuse` (NetStream.Publish.BadName)."""
-    access: AccessConfig = field(default_factory=AccessConfig)
-    """Who may publish and play (rules per application, keys, callbacks); allow-all."""
-    webhook: WebhookConfig = field(default_factory=WebhookConfig)
-    """Signed JSON notifications of publishes, plays and finished recordings."""
-    max_pending_bytes: int = 8 * 1024 * 1024
-    """Bytes of media held per publish while its publish handler decides; above this the
-    publisher's socket is not read until the answer (TCP back-pressure, nothing dropped)."""
-    drain_timeout: float = 5.0
-    """At shutdown, seconds to wait for publishers asked to reconnect (Enhanced RTMP v2
-    Reconnect Request) to leave before their connections are closed."""
-    relay: RelayConfig | None = field(default_factory=RelayConfig)
-    """Live playback of every publish (GOP cache, play wait, player bounds); None: none."""
 
 
 PublishHandler = Callable[[Stream], "bool | Awaitable[bool]"]
@@ -749,7 +696,8 @@ class RTMPServer:
     ) -> None:
         self.config = config or ServerConfig()
         # `is None`, not `or`: an empty registry is falsy (it has a length).
-        self.registry = registry if registry is not None else StreamRegistry(self.config.republish)
+        republish = cast(Republish, self.config.republish)
+        self.registry = registry if registry is not None else StreamRegistry(republish)
         self.publish_handler: PublishHandler = publish_handler or self.record_publish
         self.play_handler: PlayHandler | None = play_handler
         self.relay: Relay | None = None
@@ -762,13 +710,25 @@ class RTMPServer:
         self._limit = self.config.max_connections
         self._per_ip: dict[str, int] = {}
         self._ids = itertools.count(1)
-        self.access = AccessControl(self.config.access)
-        self.webhooks = Webhooks(self.config.webhook)
+        self.access = AccessControl(access_config(self.config))
+        self.webhooks = Webhooks(
+            WebhookConfig(url=self.config.webhook or None, secret=self.config.webhook_secret)
+        )
         # Connections refused at accept since the last log line of that kind, and when that
         # line was written: at most one line a second for each kind.
         self._refused: dict[str, tuple[int, float]] = {}
         # One receive buffer for all sessions: a read is copied out of it before the next.
         self._read_view = memoryview(bytearray(READ_SIZE))
+
+    def reconfigure(self, new: ServerConfig) -> None:
+        """A configuration read again (SIGHUP): new connections and requests get it; running
+        streams go on. Listeners, TLS files and whether play is on stay as they were."""
+        self.config = new
+        self._limit = self.max_connections()
+        if self.relay is not None and new.relay is not None:
+            self.relay.config = new.relay
+        self.access.config = access_config(new)
+        self.webhooks.config = WebhookConfig(url=new.webhook or None, secret=new.webhook_secret)
 
     def _notify_play(self, event: str, app: str, name: str, player: Any, **extra: Any) -> None:
         session = player.session
@@ -779,7 +739,8 @@ class RTMPServer:
     def record_publish(self, stream: Stream) -> bool:
         """The default publish policy: accept, and record when a record dir is set."""
         cfg = self.config
-        if cfg.record_dir is not None:
+        app = cfg.apps.get(stream.app)
+        if cfg.record_dir is not None and (app is None or app.record):
             recorder = Recorder(
                 cfg.record_dir,
                 flush_interval=cfg.record_flush_interval,
@@ -791,10 +752,23 @@ class RTMPServer:
 
     @property
     def port(self) -> int:
-        """The bound port (useful with `port=0`)."""
+        """The bound port of the first listener (useful with `port=0`)."""
+        return self.ports[0]
+
+    @property
+    def ports(self) -> list[int]:
+        """The bound port of each listener, in the order of `config.listeners()`."""
         if self._server is None or not self._server.sockets:
             raise RuntimeError("server not started")
-        return int(self._server.sockets[0].getsockname()[1])
+        return [lst.port for lst in self.listeners]
+
+    @property
+    def listeners(self) -> list[Listener]:
+        """Each listener with its bound port (`rtmps://127.0.0.1:40123`)."""
+        server = self._server
+        if not isinstance(server, _Listeners) or not server.sockets:
+            raise RuntimeError("server not started")
+        return server.bound()
 
     @property
     def sessions(self) -> frozenset[Session]:
@@ -863,6 +837,10 @@ class RTMPServer:
         return True
 
     async def start(self) -> None:
+        """Listen on every listener of the configuration (`config.listeners()`): one asyncio
+        server each, plain or TLS. Raises ConfigError for a value not accepted, OSError if an
+        address cannot be bound (then nothing listens)."""
+        self.config.validate()
         self._limit = self.max_connections()
         if self._limit < self.config.max_connections:
             log.warning(
@@ -872,14 +850,31 @@ class RTMPServer:
                 self.config.max_connections,
             )
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: Session(self),
-            self.config.host,
-            self.config.port,
-            reuse_address=True,
-            backlog=128,
-        )
-        log.info("listening on %s:%d", self.config.host, self.port)
+        listeners = _Listeners()
+        try:
+            for listener in self.config.listeners():
+                server: asyncio.Server | _TLSListener
+                if listener.tls:
+                    context = tls_context(self.config)
+                    server = await _TLSListener.open(self, listener, context)
+                else:
+                    server = await loop.create_server(
+                        lambda: Session(self),
+                        listener.host,
+                        listener.port,
+                        reuse_address=True,
+                        backlog=128,
+                    )
+                listeners.add(listener, server)
+        except BaseException:
+            listeners.close()
+            await listeners.wait_closed()
+            raise
+        # The listeners stand in for the one asyncio.Server that the rest of this class uses
+        # (close, wait_closed, serve_forever, sockets): they answer for all of them.
+        self._server = cast(asyncio.Server, listeners)
+        for url in listeners.urls():
+            log.info("listening on %s", url)
 
     async def serve_forever(self) -> None:
         """Serve until cancelled; however it ends, every recording is finished."""
@@ -935,3 +930,215 @@ class RTMPServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+class _Listeners:
+    """The asyncio servers of an `RTMPServer`, one per listener, used as one: the part of
+    `asyncio.Server` that `RTMPServer` calls (close, wait_closed, serve_forever, sockets)."""
+
+    def __init__(self) -> None:
+        self.servers: list[tuple[Listener, asyncio.Server | _TLSListener]] = []
+
+    def add(self, listener: Listener, server: asyncio.Server | _TLSListener) -> None:
+        self.servers.append((listener, server))
+
+    def bound(self) -> list[Listener]:
+        out = []
+        for listener, server in self.servers:
+            port = int(server.sockets[0].getsockname()[1]) if server.sockets else listener.port
+            out.append(Listener(listener.scheme, listener.host, port))
+        return out
+
+    def urls(self) -> list[str]:
+        return [lst.url for lst in self.bound()]
+
+    @property
+    def sockets(self) -> list[Any]:
+        return [sock for _, server in self.servers for sock in server.sockets]
+
+    def is_serving(self) -> bool:
+        return any(server.is_serving() for _, server in self.servers)
+
+    def close(self) -> None:
+        for _, server in self.servers:
+            server.close()
+
+    async def wait_closed(self) -> None:
+        for _, server in self.servers:
+            await server.wait_closed()
+
+    async def serve_forever(self) -> None:
+        await asyncio.gather(*(server.serve_forever() for _, server in self.servers))
+
+
+class _TLSListener:
+    """An rtmps listener: its own accept loop, then `loop.connect_accepted_socket(ssl=...)`.
+
+    Not `create_server(ssl=...)`: with it, a failed handshake closes the socket without a
+    word unless the loop is in debug mode, and nothing of ours hears of it. Here the
+    handshake's failure is ours to log, in one line naming the peer.
+
+    Before the handshake, the first byte is looked at (peeked: TLS still reads it). A plain
+    RTMP client sends C0 = 3 and waits for S0; OpenSSL takes those bytes for the header of a
+    record and would wait for the rest of it until the timeout. So a first byte other than
+    0x16 (a TLS handshake record) is refused at once, saying what it was. The handshake counts
+    against `handshake_timeout` (the session's clock starts at the accept) and, while under
+    way, against `max_connections`.
+    """
+
+    def __init__(
+        self, server: RTMPServer, listener: Listener, context: ssl.SSLContext, sock: socket.socket
+    ) -> None:
+        self.server = server
+        self.listener = listener
+        self.context = context
+        self.sockets = [sock]
+        self.handshakes: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = asyncio.get_running_loop().create_future()
+
+    @classmethod
+    async def open(
+        cls, server: RTMPServer, listener: Listener, context: ssl.SSLContext
+    ) -> _TLSListener:
+        """Bind and listen (the first address the host resolves to) and start accepting."""
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(
+            listener.host, listener.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        family, kind, proto, _name, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(128)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        bound = Listener(listener.scheme, listener.host, int(sock.getsockname()[1]))
+        self = cls(server, bound, context, sock)
+        self._task = loop.create_task(self._accept_loop())
+        return self
+
+    def is_serving(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        for task in list(self.handshakes):
+            task.cancel()
+        for sock in self.sockets:
+            sock.close()
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    async def wait_closed(self) -> None:
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def serve_forever(self) -> None:
+        await self._closed
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        sock = self.sockets[0]
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(sock)
+            except OSError as err:
+                # Out of file descriptors and the like: wait a little, as asyncio's server does.
+                log.warning("%s: accept failed: %s", self.listener.url, err)
+                await asyncio.sleep(0.1)
+                continue
+            peer = _peer_name(addr)
+            open_now = len(self.handshakes) + len(self.server.sessions)
+            if open_now >= self.server._limit:
+                log.warning(
+                    "peer %s: connection refused: %d connections and TLS handshakes open, the "
+                    "limit is %d",
+                    peer,
+                    open_now,
+                    self.server._limit,
+                )
+                conn.close()
+                continue
+            task = loop.create_task(self._handshake(conn, peer))
+            self.handshakes.add(task)
+            task.add_done_callback(self.handshakes.discard)
+
+    async def _handshake(self, conn: socket.socket, peer: str) -> None:
+        loop = asyncio.get_running_loop()
+        accepted_at = time.monotonic()
+        limit = self.server.config.handshake_timeout
+        why = None
+        try:
+            async with asyncio.timeout(limit if limit > 0 else None):
+                first = await _peek(conn)
+                if not first:
+                    why = "closed by the peer before any byte"
+                elif first[0] != 0x16:
+                    what = "RTMP version 3: a plain RTMP client" if first[0] == 3 else "not TLS"
+                    why = (
+                        f"first byte {first[0]:#04x} ({what}), expected a TLS ClientHello "
+                        "(0x16): this listener speaks RTMPS; plain RTMP goes to an rtmp:// "
+                        "listener"
+                    )
+                else:
+                    session = Session(self.server)
+                    session.accepted_at = accepted_at
+                    await loop.connect_accepted_socket(
+                        lambda: session,
+                        conn,
+                        ssl=self.context,
+                        # Ours (above) comes first; this only keeps asyncio's default away.
+                        ssl_handshake_timeout=limit + 1 if limit > 0 else None,
+                    )
+                    return
+        except TimeoutError:
+            why = f"no complete TLS handshake within {limit:g} s of the accept"
+        except asyncio.CancelledError:
+            conn.close()
+            raise
+        except Exception as err:
+            why = f"TLS handshake failed: {_tls_failure(err)}"
+        log.warning("peer %s: %s: %s; closing", peer, self.listener.url, why)
+        conn.close()
+
+
+async def _peek(conn: socket.socket) -> bytes:
+    """The first byte of `conn` without reading it (b"" if the peer closed first)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            return conn.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except ConnectionError:
+            return b""
+        ready = loop.create_future()
+        loop.add_reader(conn.fileno(), ready.set_result, None)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(conn.fileno())
+
+
+def _peer_name(addr: Any) -> str:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        ip = str(addr[0])
+        return f"[{ip}]:{addr[1]}" if ":" in ip else f"{ip}:{addr[1]}"
+    return str(addr)
+
+
+def _tls_failure(err: BaseException) -> str:
+    """A failed TLS handshake in a few words (OpenSSL's reason, or what happened)."""
+    if isinstance(err, ssl.SSLError):
+        return f"{err.reason or err.__class__.__name__} ({err.library or 'ssl'})"
+    if isinstance(err, (TimeoutError, asyncio.TimeoutError)):
+        return "no complete TLS handshake in time"
+    if isinstance(err, ConnectionError):
+        return f"connection lost during the handshake ({err.__class__.__name__})"
+    return f"{err.__class__.__name__}: {err}"
