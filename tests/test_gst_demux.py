@@ -21,11 +21,12 @@ from typing import Any
 
 import pytest
 
-from gst_support import Gst, Pipeline, collect, publish, source_tags
+from gst_support import Gst, GstLaunch, Pipeline, collect, gst_inspect, publish, source_tags
 from rtmp2server.gst.caps import caps_for
 from rtmp2server.protocol import flv
 from support.clients import FFMPEG_DEBIAN, Publisher, ffmpeg9
 from support.media import source_media
+from support.server import ServerProcess
 from test_e2e_play import make_source
 
 pytestmark = pytest.mark.timeout(180)
@@ -260,10 +261,15 @@ def decodebin_pipeline(description: str) -> tuple[Pipeline, Counter]:
 
 
 def expected_counts(ref: dict[str, list[Packet]]) -> dict[str, int]:
-    return {"video": len(ref["video"]), "audio": len(ref["audio"])}
+    """Decoded buffers per kind over every track (decodebin exposes each)."""
+    counts: dict[str, int] = {}
+    for pad, packets in ref.items():
+        kind = pad.split("_")[0]
+        counts[kind] = counts.get(kind, 0) + len(packets)
+    return counts
 
 
-@pytest.mark.parametrize("name", ["hevc-opus", "av1-flac", "vp9-ac3"])
+@pytest.mark.parametrize("name", list(CASES))
 def test_decodebin_picks_it_for_a_live_publish(media_dir: Path, name: str) -> None:
     case = CASES[name]
     src = source_path(media_dir, case.source)
@@ -282,10 +288,28 @@ def test_decodebin_picks_it_for_a_live_publish(media_dir: Path, name: str) -> No
         p.stop()
 
 
+def record(server: ServerProcess, src: Path, name: str) -> Path:
+    """Publish `src` (ffmpeg 9) to the server; its recording (closed at publish stop)."""
+    assert publisher("ffmpeg9", src, server.url(name)).wait(60).returncode == 0
+    server.wait_publish("stop", name)
+    return server.recording(name)
+
+
 @pytest.mark.parametrize("name", ["hevc-opus", "av1-flac", "vp9-ac3", "multitrack"])
-def test_playbin_plays_a_recording(media_dir: Path, name: str) -> None:
+def test_playbin_plays_our_recording(
+    media_dir: Path, name: str, rtmp_server: ServerProcess
+) -> None:
     src = source_path(media_dir, CASES[name].source)
-    ref = reference(src)
+    recording = record(rtmp_server, src, name)
+    ref = reference(recording)
+    # The recording holds the source's packets, so the counts below are the source's.
+    assert [len(v) for v in ref.values()] == [len(v) for v in reference(src).values()]
+    playbin(recording, ref)
+
+
+def playbin(path: Path, ref: dict[str, list[Packet]]) -> None:
+    """playbin plays `path` (with fake sinks): one decoded buffer per packet of track 0."""
+    src = path
     p = Pipeline(f"playbin uri=file://{src} video-sink=fakesink audio-sink=fakesink")
     video = audio = 0
     lock = threading.Lock()
@@ -440,3 +464,17 @@ def test_caps_each_codec_gets_are_accepted_by_its_parser() -> None:
         assert factory.can_sink_all_caps(caps), (parser, caps.to_string())
         assert caps_for(config)[0] == caps.get_structure(0).get_name()
     assert "codec_data=(buffer)0142c00d" in make_caps(configs["h264parse"]).to_string()
+
+
+def test_gst_launch_loads_it_through_the_plugin_loader(media_dir: Path) -> None:
+    proc = gst_inspect("rtmp2flvdemux")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "primary + 1" in proc.stdout and "Codec/Demuxer" in proc.stdout, proc.stdout
+    for template in ("video_%u", "audio_%u", "video/x-h265", "audio/x-opus"):
+        assert template in proc.stdout, template
+    src = source_path(media_dir, "hevc-opus")
+    gst = GstLaunch(
+        "playbin", f"uri=file://{src}", "video-sink=fakesink", "audio-sink=fakesink", "-m"
+    )
+    assert gst.wait(60) == 0, gst.output
+    assert "rtmp2flvdemux" in gst.output and "GstFlvDemux" not in gst.output, gst.output
