@@ -409,3 +409,15 @@ def test_one_flipped_byte_never_raises(pos: int, value: int) -> None:
     data = bytearray(LEGACY)
     data[pos] = value
     demux(bytes(data), 3)
+
+
+def test_vp9_size_comes_from_the_first_keyframe_after_vpcc() -> None:
+    data = HEADER + tag(9, 0, ex_video(0, b"vp09", VPCC))
+    data += tag(9, 0, ex_video(1, b"vp09", VP9_KEYFRAME))
+    data += tag(9, 33, ex_video(1, b"vp09", VP9_KEYFRAME))
+    events = demux(data)
+    configured = [e for e in events if isinstance(e, TrackConfigured)]
+    sizes = [(e.config.width, e.config.height, e.new) for e in configured]  # type: ignore[union-attr]
+    assert sizes == [(None, None, True), (320, 240, False)]
+    assert configured[1].config.record == VPCC and configured[1].config.level == "2.0"
+    assert len(frames(events)) == 2

@@ -22,6 +22,7 @@ position where a plausible tag header is followed by its matching PreviousTagSiz
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass
 from typing import Final
@@ -369,6 +370,20 @@ class FLVDemuxer:
                     self._unconfigured(key, codec, out, timestamp)
                     continue
             keyframe = info.is_keyframe
+            current = state.config
+            if (
+                codec == "vp09"
+                and keyframe
+                and isinstance(current, media.VideoConfig)
+                and current.width is None
+            ):
+                # vpcC has no size: the first keyframe's header gives it (for caps and for
+                # anyone reporting the track's resolution).
+                sized = media.vp9_frame_config(data)
+                if sized is not None:
+                    resized = dataclasses.replace(current, width=sized.width, height=sized.height)
+                    self._configure("video", track.track_id, resized, dts, out)
+                    state = self._tracks[key]
             if codec == "av01" and keyframe:
                 data = self._av1_in_band(state, data)
             self._frame(
