@@ -421,3 +421,13 @@ def test_vp9_size_comes_from_the_first_keyframe_after_vpcc() -> None:
     assert sizes == [(None, None, True), (320, 240, False)]
     assert configured[1].config.record == VPCC and configured[1].config.level == "2.0"
     assert len(frames(events)) == 2
+
+
+def test_codecs_without_caps_are_announced_once_and_their_frames_not_decoded() -> None:
+    h263 = b"".join(tag(9, t, b"\x22" + bytes(20)) for t in (0, 33, 66))  # Sorenson H.263
+    speex = b"".join(tag(8, t, b"\xb2" + bytes(10)) for t in (0, 20))
+    events = demux(HEADER + h263 + speex)
+    configured = [(e.kind, e.config.codec) for e in events if isinstance(e, TrackConfigured)]
+    assert configured == [("video", "h263"), ("audio", "speex")]
+    assert not [e for e in events if isinstance(e, TagSkipped)]
+    assert {f.codec for f in frames(events)} <= {"speex"}

@@ -478,3 +478,31 @@ def test_gst_launch_loads_it_through_the_plugin_loader(media_dir: Path) -> None:
     )
     assert gst.wait(60) == 0, gst.output
     assert "rtmp2flvdemux" in gst.output and "GstFlvDemux" not in gst.output, gst.output
+
+
+def test_a_track_without_caps_gives_one_warning_and_the_others_play(
+    media_dir: Path, tmp_path: Path
+) -> None:
+    tags = source_tags(source_path(media_dir, "debian"))
+    video = [t for t in tags if t.tag_type == 9]
+    speex = [flv.Tag(8, t.timestamp, b"\xb2" + bytes(10)) for t in tags if t.tag_type == 8]
+    path = tmp_path / "h264-speex.flv"
+    body = b"".join(flv.tag(t.tag_type, t.timestamp, t.body) for t in sorted(
+        video + speex, key=lambda t: t.timestamp))  # fmt: skip
+    path.write_bytes(flv.file_header(audio=True, video=True) + body)
+    p = Pipeline(
+        f"filesrc location={path} ! rtmp2flvdemux name=d d.video ! h264parse ! avdec_h264 ! "
+        "fakesink name=sink sync=false"
+    )
+    decoded = collect(p["sink"], data=False)
+    p.play()
+    try:
+        p.wait_eos(60)
+        warnings = [
+            m.parse_warning()[0].message for m in p.messages if m.type == Gst.MessageType.WARNING
+        ]
+        assert len(warnings) == 1 and "speex" in warnings[0], warnings
+        assert len(decoded) == sum(1 for t in video if t.body[1] == 1)
+        assert [pad.get_name() for pad in p["d"].srcpads] == ["video"]
+    finally:
+        p.stop()

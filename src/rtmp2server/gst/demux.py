@@ -260,9 +260,12 @@ class RTMP2FLVDemux(Gst.Element):  # type: ignore[misc]
         try:
             caps = make_caps(event.config)
         except ValueError as err:
-            self._skipped(
-                flvdemux.TagSkipped(0, 0, 0, f"{event.kind} track {event.track_id}: {err}")
-            )
+            # One warning per configuration; its frames then have no pad to go to (and a
+            # pad this track had for an earlier codec must not get them).
+            if key in self._outs:
+                self._remove(key)
+            reason = f"{event.kind} track {event.track_id}: {err}"
+            self._skipped(flvdemux.TagSkipped(0, 0, 0, reason))
             return
         media_type = caps.get_structure(0).get_name()
         out = self._outs.get(key)
@@ -329,7 +332,8 @@ class RTMP2FLVDemux(Gst.Element):  # type: ignore[misc]
     # --- bus -----------------------------------------------------------------------------
 
     def _skipped(self, event: flvdemux.TagSkipped) -> None:
-        text = f"Skipped FLV data at byte {event.offset}: {event.reason}"
+        where = f" at byte {event.offset}" if event.offset else ""
+        text = f"Skipped FLV data{where}: {event.reason}"
         log.warning("%s: %s", self.get_name(), text)
         self._message(Gst.MessageType.WARNING, Gst.StreamError.DEMUX, text, event.reason)
 

@@ -340,9 +340,10 @@ class FLVDemuxer:
             cts = 0
             if not info.enhanced:
                 if codec not in ("avc1", "hvc1"):
-                    raise media.CodecConfigError(
-                        f"legacy video codec {codec}, expected H.264 or HEVC (codec id 7 or 12)"
-                    )
+                    # Sorenson H.263, VP6, Screen video: announced once as a track of that
+                    # codec (the element reports it has no caps for it), frames not passed on.
+                    self._configure("video", track.track_id, media.VideoConfig(codec), dts, out)
+                    continue
                 cts = _si24(data, 1)
                 data = data[4:]
             elif info.packet_type == enhanced.VideoPacketType.CODED_FRAMES and codec in _HAS_CTS:
@@ -452,10 +453,8 @@ class FLVDemuxer:
                     config = _legacy_mp3(body[0])
                 elif codec == ".mp3":
                     config = media.AudioConfig(".mp3")
-                else:
-                    raise media.CodecConfigError(
-                        f"audio codec {codec}, expected AAC, MP3, Opus, FLAC, AC-3 or E-AC-3"
-                    )
+                else:  # PCM, Nellymoser, Speex, G.711: a track without caps (see video)
+                    config = media.AudioConfig(codec)
                 self._configure("audio", track.track_id, config, dts, out)
             self._frame(Frame("audio", track.track_id, codec, dts, dts, True, data), out)
 
