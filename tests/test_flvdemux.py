@@ -431,3 +431,43 @@ def test_codecs_without_caps_are_announced_once_and_their_frames_not_decoded() -
     assert configured == [("video", "h263"), ("audio", "speex")]
     assert not [e for e in events if isinstance(e, TagSkipped)]
     assert {f.codec for f in frames(events)} <= {"speex"}
+
+
+PREFIXES = [
+    (9, b"\x17\x00\x00\x00\x00"),
+    (9, b"\x17\x01\x00\x00\x00"),
+    (9, b"\x27\x01\xff\xff\xf0"),
+    *[(9, bytes((0x90 | pt,)) + cc) for pt in (0, 1, 3) for cc in (b"hvc1", b"av01", b"vp09")],
+    (9, b"\x96\x00av01\x01"),
+    (9, b"\x96\x10hvc1\x00"),
+    (8, b"\xaf\x00"),
+    (8, b"\xaf\x01"),
+    (8, b"\x2f"),
+    *[
+        (8, bytes((0x90 | pt,)) + cc)
+        for pt in (0, 1)
+        for cc in (b"Opus", b"fLaC", b"ac-3", b"ec-3")
+    ],
+    (8, b"\x95\x00Opus\x01"),
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(PREFIXES), st.binary(max_size=60), st.integers(0, 5000)),
+        max_size=12,
+    ),
+    st.integers(1, 40),
+)
+def test_tags_with_real_headers_and_random_bodies_never_raise(
+    tags: list[tuple[tuple[int, bytes], bytes, int]], step: int
+) -> None:
+    """Every codec parser, reached through the demuxer, with arbitrary bodies."""
+    data = HEADER + b"".join(tag(kind, ts, prefix + body) for (kind, prefix), body, ts in tags)
+    whole = demux(data)
+    assert demux(data, step) == whole
+    assert (
+        sum(1 for e in whole if isinstance(e, Frame | TagSkipped | TrackConfigured))
+        <= 2 * len(tags) + 1
+    )
