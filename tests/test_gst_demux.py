@@ -295,7 +295,9 @@ def record(server: ServerProcess, src: Path, name: str) -> Path:
     return server.recording(name)
 
 
-@pytest.mark.parametrize("name", ["hevc-opus", "av1-flac", "vp9-ac3", "multitrack"])
+@pytest.mark.parametrize(
+    "name", ["h264-aac-ffmpeg9", "hevc-opus", "av1-flac", "vp9-ac3", "multitrack"]
+)
 def test_playbin_plays_our_recording(
     media_dir: Path, name: str, rtmp_server: ServerProcess
 ) -> None:
