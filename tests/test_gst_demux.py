@@ -405,7 +405,12 @@ def test_loop_with_two_publishers_of_different_codecs(media_dir: Path) -> None:
         # A decoder holds its last frames until it drains: at the codec change the demuxer
         # ends the old pads (EOS), so they come out then.
         assert publisher("ffmpeg9", hevc, url).wait(60).returncode == 0
-        # The looping source never ends; an EOS into the idle demuxer drains the HEVC chain.
+        # The looping source never ends; an EOS into the demuxer, once the source has pushed
+        # the last buffer of the second publish (publish-stop follows it), drains the chain.
+        deadline = time.monotonic() + 30
+        while len(p.element_messages("rtmp2serversrc-publish-stop")) < 2:
+            assert time.monotonic() < deadline, p.summary()
+            time.sleep(0.05)
         demux = next(e for e in p["db"].iterate_recurse() if e.get_name().startswith("rtmp2"))
         demux.get_static_pad("sink").send_event(Gst.Event.new_eos())
         p.wait_eos(60)
