@@ -150,7 +150,8 @@ class RTMP2ServerSrc(GstBase.BaseSrc):  # type: ignore[misc]
     }
     __gsignals__ = {
         # Return TRUE to accept the publish described by the structure, FALSE to refuse it
-        # (the publisher gets NetStream.Publish.BadName). Emitted from the server's thread.
+        # (the publisher gets NetStream.Publish.BadName). Emitted from the server's thread,
+        # whose event loop serves every connection on the port: a handler should be quick.
         "publish-accept": (GObject.SignalFlags.RUN_LAST, bool, (Gst.Structure,)),
     }
 
