@@ -9,6 +9,7 @@ per source packet.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import subprocess
@@ -40,6 +41,7 @@ AAC = ("aacparse", "avdec_aac")
 OPUS = ("opusparse", "opusdec")
 FLAC = ("flacparse", "flacdec")
 AC3 = ("ac3parse", "avdec_ac3")
+MP3 = ("mpegaudioparse", "mpg123audiodec")
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class Case:
 CASES = {
     "h264-aac-debian-ffmpeg": Case("debian", FFMPEG_DEBIAN, {"video": H264, "audio": AAC}),
     "h264-aac-ffmpeg9": Case("debian", "ffmpeg9", {"video": H264, "audio": AAC}),
+    "h264-mp3-debian-ffmpeg": Case("h264-mp3", FFMPEG_DEBIAN, {"video": H264, "audio": MP3}),
     "hevc-opus": Case("hevc-opus", "ffmpeg9", {"video": H265, "audio": OPUS}),
     "av1-flac": Case("av1-flac", "ffmpeg9", {"video": AV1, "audio": FLAC}),
     "vp9-ac3": Case("vp9-ac3", "ffmpeg9", {"video": VP9, "audio": AC3}),
@@ -79,6 +82,8 @@ def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def source_path(media_dir: Path, name: str) -> Path:
     if name == "debian":
         return source_media(media_dir.parent / "e2e-media").path
+    if name == "h264-mp3":  # legacy FLV MP3, as Debian's ffmpeg writes it
+        return h264_file(media_dir, "320x240", ("-c:a", "libmp3lame", "-b:a", "64k"))
     return make_source(media_dir, name)
 
 
@@ -343,21 +348,27 @@ def playbin(path: Path, ref: dict[str, list[Packet]]) -> None:
 # --- changes in the middle of a stream ----------------------------------------------------------
 
 
-def h264_file(media_dir: Path, size: str) -> Path:
-    path = media_dir / f"h264-{size}.flv"
-    if not path.exists():
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        subprocess.run(
-            [
-                *(FFMPEG_DEBIAN, "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi"),
-                *("-i", f"testsrc=size={size}:rate=30", "-t", "1", "-c:v", "libx264"),
-                *("-preset", "ultrafast", "-g", "30", "-pix_fmt", "yuv420p", "-f", "flv", str(tmp)),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        os.replace(tmp, path)
+def h264_file(media_dir: Path, size: str, audio: tuple[str, ...] = ()) -> Path:
+    """One second of H.264 (and with `audio`'s codec arguments, a sine) by Debian's ffmpeg."""
+    path = media_dir / f"h264-{size}{''.join('-' + a for a in audio[1:2])}.flv"
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            inputs = ("-f", "lavfi", "-i", f"testsrc=size={size}:rate=30")
+            if audio:
+                inputs += ("-f", "lavfi", "-i", "sine=sample_rate=44100")
+            subprocess.run(
+                [
+                    *(FFMPEG_DEBIAN, "-hide_banner", "-loglevel", "error", "-y", *inputs),
+                    *("-t", "1", "-c:v", "libx264", "-preset", "ultrafast", "-g", "30"),
+                    *("-pix_fmt", "yuv420p", *audio, "-f", "flv", str(tmp)),
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+            os.replace(tmp, path)
     return path
 
 

@@ -12,8 +12,9 @@ flvdemux, qtdemux and matroskademux produce for the same codecs:
 - VP9: `video/x-vp9` with profile, bit depths, chroma format and size where known
   (matroskademux's fields from vpcC).
 - AAC: `stream-format=raw` with the AudioSpecificConfig as `codec_data`, rate and channels.
-- Opus: the fields of `gst_codec_utils_opus_create_caps` and a `streamheader` of OpusHead
-  plus a minimal OpusTags, which opusdec reads.
+- Opus: channel-mapping-family, rate, channels, stream-count and coupled-count (and the
+  channel-mapping for families other than 0, as `gst_codec_utils_opus_create_caps` writes
+  it), and a `streamheader` of OpusHead plus a minimal OpusTags, which opusdec reads.
 - FLAC: `framed=true` and a `streamheader` in the Ogg FLAC mapping's form (the one flacparse
   itself outputs: `0x7F FLAC`, version 1.0, 0 further headers, `fLaC`, the STREAMINFO block);
   flacdec refuses caps without a streamheader.
@@ -98,13 +99,14 @@ def caps_for(config: VideoConfig | AudioConfig) -> tuple[str, list[tuple[str, Ca
     if codec == ".mp3":
         return "audio/mpeg", [("mpegversion", 1), ("layer", 3), ("parsed", False), *fields]
     if codec == "Opus":
-        fields = [("channel-mapping-family", config.mapping_family or 0), *fields]
-        if config.mapping_family:
-            fields += [
-                ("stream-count", config.stream_count or 0),
-                ("coupled-count", config.coupled_count or 0),
-                ("channel-mapping", list(config.channel_mapping)),
-            ]
+        fields = [
+            ("channel-mapping-family", config.mapping_family or 0),
+            *fields,
+            ("stream-count", config.stream_count or 1),
+            ("coupled-count", config.coupled_count or 0),
+        ]
+        if config.mapping_family:  # family 0's mapping is implied by the channel count
+            fields.append(("channel-mapping", list(config.channel_mapping)))
         return "audio/x-opus", [*fields, ("streamheader", [config.record, opus_tags()])]
     if codec == "fLaC":
         return "audio/x-flac", [
