@@ -471,3 +471,16 @@ def test_tags_with_real_headers_and_random_bodies_never_raise(
         sum(1 for e in whole if isinstance(e, Frame | TagSkipped | TrackConfigured))
         <= 2 * len(tags) + 1
     )
+
+
+def test_the_demuxer_and_the_caps_logic_import_no_gstreamer() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, rtmp2server.protocol.flvdemux, rtmp2server.gst.caps; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'gi'); "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
