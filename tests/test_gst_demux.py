@@ -379,7 +379,7 @@ def test_resolution_change_mid_stream_updates_the_caps(media_dir: Path) -> None:
     tags = first + [flv.Tag(t.tag_type, t.timestamp + last, t.body) for t in second]
     frames = sum(1 for t in tags if t.tag_type == 9 and t.body[1] == 1)
     p = Pipeline(
-        "rtmp2serversrc name=src port=0 ! rtmp2flvdemux name=d d.video ! h264parse ! "
+        "rtmp2serversrc name=src port=0 ! rtmp2flvdemux name=d d.video ! h264parse name=parse ! "
         "avdec_h264 name=dec ! fakesink name=sink sync=false"
     )
     decoded = collect(p["sink"], data=False)
@@ -392,6 +392,22 @@ def test_resolution_change_mid_stream_updates_the_caps(media_dir: Path) -> None:
         return Gst.PadProbeReturn.OK
 
     p["sink"].get_static_pad("sink").add_probe(Gst.PadProbeType.EVENT_DOWNSTREAM, on_caps)
+    segments: dict[str, list[tuple[Any, int, int]]] = {"in": [], "out": []}
+
+    def on_segment(where: str) -> Callable[..., Gst.PadProbeReturn]:
+        def probe(_pad: Gst.Pad, info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
+            event = info.get_event()
+            if event.type == Gst.EventType.SEGMENT:
+                seg = event.parse_segment()
+                segments[where].append((seg.format, seg.start, seg.base))
+            return Gst.PadProbeReturn.OK
+
+        return probe
+
+    p["d"].get_static_pad("sink").add_probe(Gst.PadProbeType.EVENT_DOWNSTREAM, on_segment("in"))
+    p["parse"].get_static_pad("sink").add_probe(
+        Gst.PadProbeType.EVENT_DOWNSTREAM, on_segment("out")
+    )
     p.play()
     try:
         port = int(p["src"].get_property("port"))
@@ -399,6 +415,10 @@ def test_resolution_change_mid_stream_updates_the_caps(media_dir: Path) -> None:
         p.wait_eos(60)
         assert len(decoded) == frames
         assert widths == [320, 640], widths
+        # The live source's TIME segment (base: the running time the publish began at) is
+        # passed on as it is.
+        assert segments["out"] == segments["in"][-1:], segments
+        assert segments["out"][0][0] == Gst.Format.TIME
     finally:
         p.stop()
 
