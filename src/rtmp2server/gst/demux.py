@@ -140,7 +140,6 @@ class RTMP2FLVDemux(Gst.Element):  # type: ignore[misc]
         segment.init(Gst.Format.TIME)
         self._segment = segment
         self._group_id = Gst.util_group_id_next()
-        self._upstream_group: int | None = None
         self._new_stream = False  # a second FLV header: tracks may change codec
         self._added_since_no_more_pads = False
         self._no_more_pads_sent = False
@@ -202,8 +201,7 @@ class RTMP2FLVDemux(Gst.Element):  # type: ignore[misc]
             return True
         if kind == Gst.EventType.STREAM_START:
             ok, group = event.parse_group_id()
-            if ok:
-                self._upstream_group = group
+            if ok:  # keep upstream's group, as flvdemux does
                 self._group_id = group
             return True
         if kind == Gst.EventType.CAPS:
@@ -231,19 +229,18 @@ class RTMP2FLVDemux(Gst.Element):  # type: ignore[misc]
         data = buf.extract_dup(0, buf.get_size())
         ret = Gst.FlowReturn.OK
         for event in self._demuxer.receive_data(data):
-            kind = type(event)
-            if kind is flvdemux.Frame:
-                ret = self._push_frame(event)  # type: ignore[arg-type]
+            if isinstance(event, flvdemux.Frame):
+                ret = self._push_frame(event)
                 if ret not in (Gst.FlowReturn.OK, Gst.FlowReturn.NOT_LINKED):
                     return ret
-            elif kind is flvdemux.TrackConfigured:
-                self._configure(event)  # type: ignore[arg-type]
-            elif kind is flvdemux.TracksComplete:
+            elif isinstance(event, flvdemux.TrackConfigured):
+                self._configure(event)
+            elif isinstance(event, flvdemux.TracksComplete):
                 self._tracks_complete()
-            elif kind is flvdemux.StreamStarted:
+            elif isinstance(event, flvdemux.StreamStarted):
                 self._stream_started()
-            elif kind is flvdemux.TagSkipped:
-                self._skipped(event)  # type: ignore[arg-type]
+            else:
+                self._skipped(event)
         return ret
 
     # --- events to pads ------------------------------------------------------------------
