@@ -42,6 +42,7 @@ OPUS = ("opusparse", "opusdec")
 FLAC = ("flacparse", "flacdec")
 AC3 = ("ac3parse", "avdec_ac3")
 MP3 = ("mpegaudioparse", "mpg123audiodec")
+EAC3 = ("ac3parse", "avdec_eac3")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ CASES = {
     "hevc-opus": Case("hevc-opus", "ffmpeg9", {"video": H265, "audio": OPUS}),
     "av1-flac": Case("av1-flac", "ffmpeg9", {"video": AV1, "audio": FLAC}),
     "vp9-ac3": Case("vp9-ac3", "ffmpeg9", {"video": VP9, "audio": AC3}),
+    "hevc-eac3": Case("hevc-eac3", "ffmpeg9", {"video": H265, "audio": EAC3}),
     "multitrack": Case(
         "multitrack",
         "ffmpeg9",
@@ -84,6 +86,14 @@ def source_path(media_dir: Path, name: str) -> Path:
         return source_media(media_dir.parent / "e2e-media").path
     if name == "h264-mp3":  # legacy FLV MP3, as Debian's ffmpeg writes it
         return h264_file(media_dir, "320x240", ("-c:a", "libmp3lame", "-b:a", "64k"))
+    if name == "hevc-eac3":  # E-RTMP "ec-3", by ffmpeg 9
+        return encoded(
+            media_dir / "hevc-eac3.flv",
+            (ffmpeg9(), "-f", "lavfi", "-i", "testsrc=size=320x240:rate=30", "-f", "lavfi"),
+            ("-i", "sine=sample_rate=48000", "-t", "2", "-c:v", "libx265", "-preset", "ultrafast"),
+            ("-x265-params", "log-level=error:keyint=30", "-pix_fmt", "yuv420p", "-c:a", "eac3"),
+            ("-ac", "2", "-b:a", "96k"),
+        )
     return make_source(media_dir, name)
 
 
@@ -348,28 +358,29 @@ def playbin(path: Path, ref: dict[str, list[Packet]]) -> None:
 # --- changes in the middle of a stream ----------------------------------------------------------
 
 
-def h264_file(media_dir: Path, size: str, audio: tuple[str, ...] = ()) -> Path:
-    """One second of H.264 (and with `audio`'s codec arguments, a sine) by Debian's ffmpeg."""
-    path = media_dir / f"h264-{size}{''.join('-' + a for a in audio[1:2])}.flv"
+def encoded(path: Path, *args: tuple[str, ...]) -> Path:
+    """`path`, made once (under a lock shared by xdist workers) by the ffmpeg command `args`."""
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.exists():
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            inputs = ("-f", "lavfi", "-i", f"testsrc=size={size}:rate=30")
-            if audio:
-                inputs += ("-f", "lavfi", "-i", "sine=sample_rate=44100")
+            cmd = [a for part in args for a in part]
+            cmd[1:1] = ["-hide_banner", "-loglevel", "error", "-y"]
             subprocess.run(
-                [
-                    *(FFMPEG_DEBIAN, "-hide_banner", "-loglevel", "error", "-y", *inputs),
-                    *("-t", "1", "-c:v", "libx264", "-preset", "ultrafast", "-g", "30"),
-                    *("-pix_fmt", "yuv420p", *audio, "-f", "flv", str(tmp)),
-                ],
-                check=True,
-                capture_output=True,
-                timeout=60,
+                [*cmd, "-f", "flv", str(tmp)], check=True, capture_output=True, timeout=60
             )
             os.replace(tmp, path)
     return path
+
+
+def h264_file(media_dir: Path, size: str, audio: tuple[str, ...] = ()) -> Path:
+    """One second of H.264 (and with `audio`'s codec arguments, a sine) by Debian's ffmpeg."""
+    path = media_dir / f"h264-{size}{''.join('-' + a for a in audio[1:2])}.flv"
+    inputs = (FFMPEG_DEBIAN, "-f", "lavfi", "-i", f"testsrc=size={size}:rate=30")
+    if audio:
+        inputs += ("-f", "lavfi", "-i", "sine=sample_rate=44100")
+    video = ("-t", "1", "-c:v", "libx264", "-preset", "ultrafast", "-g", "30")
+    return encoded(path, inputs, video, ("-pix_fmt", "yuv420p", *audio))
 
 
 def test_resolution_change_mid_stream_updates_the_caps(media_dir: Path) -> None:
