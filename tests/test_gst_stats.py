@@ -87,6 +87,9 @@ def test_publish_accept_decides_each_publish(tags: list[flv.Tag]) -> None:
         assert [a[0] for a in asked] == ["bad", "good"]
         assert all(peer.startswith("127.0.0.1:") for _, _, peer in asked)
         assert threading.main_thread().name not in threads
+        # Posted by the streaming thread when it takes the publish: wait for the stop (which
+        # comes after it), then only the accepted publish may have started.
+        p.wait_for(lambda m: _is(m, "rtmp2serversrc-publish-stop"))
         starts = p.element_messages("rtmp2serversrc-publish-start")
         assert [s.get_value("stream-key") for s in starts] == ["good"]
     finally:
