@@ -12,6 +12,9 @@ apt_packages=(
     gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
     gstreamer1.0-plugins-bad gstreamer1.0-python3-plugin-loader python3-gst-1.0
     gir1.2-gstreamer-1.0 ffmpeg rtmpdump python3-venv python3-gi
+    # decoders for what rtmp2flvdemux outputs: avdec_h264/h265/aac/ac3 (libav); av1dec (aom)
+    # is in plugins-bad, vp9dec and flacdec in good, opusdec in base
+    gstreamer1.0-libav
 )
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -38,9 +41,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     touch "$stamp"
 fi
 
-# rtmp2serversrc for gst-launch-1.0/gst-inspect-1.0: GStreamer's Python plugin loader (1.22) also
-# scans ~/.gstreamer-1.0/plugins/python, so link the element's loader shim there. Without this,
-# GST_PLUGIN_PATH="$here/gst-plugins" does the same.
+# rtmp2serversrc and rtmp2flvdemux for gst-launch-1.0/gst-inspect-1.0: GStreamer's Python plugin
+# loader (1.22) also scans ~/.gstreamer-1.0/plugins/python, so link the elements' loader shims
+# there. Without this, GST_PLUGIN_PATH="$here/gst-plugins" does the same.
 gst_python_dir="$HOME/.gstreamer-1.0/plugins/python"
 mkdir -p "$gst_python_dir"
 ln -sfn "$here/gst-plugins/python/rtmp2serversrc.py" "$gst_python_dir/rtmp2serversrc.py"
+ln -sfn "$here/gst-plugins/python/rtmp2flvdemux.py" "$gst_python_dir/rtmp2flvdemux.py"

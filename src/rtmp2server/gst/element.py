@@ -16,12 +16,21 @@ Element messages on the bus: `rtmp2serversrc-publish-start` (application, stream
 query, peer, flash-ver, tc-url) when a publish begins, and `rtmp2serversrc-publish-stop`
 (the same, plus video-frames, audio-frames, data-messages, bytes, duration) after its last
 buffer went downstream.
+
+The `publish-accept` signal (a GstStructure with the same fields as publish-start; return
+TRUE to accept) lets an application accept or refuse each publish, as srtsrc's
+`caller-connecting` does for callers; it is emitted from the server's thread, and with no
+handler every publish this element's routing selects is accepted. The read-only `stats`
+property is a GstStructure (like rtmp2src's): the peer, whether a publish is on, bytes,
+frames by kind, the bitrate over the last second and the codecs, read as the element
+outputs the messages.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections import deque
 from typing import Any, Final
 
@@ -36,6 +45,7 @@ if not Gst.is_initialized():  # imported by an application rather than the plugi
 
 from ..config import ServerConfig  # noqa: E402
 from ..logs import get_logger  # noqa: E402
+from ..protocol import enhanced  # noqa: E402
 from ..protocol.messages import Message  # noqa: E402
 from . import shared  # noqa: E402
 from .feed import (  # noqa: E402
@@ -131,6 +141,20 @@ class RTMP2ServerSrc(GstBase.BaseSrc):  # type: ignore[misc]
             False,
             _RW,
         ),
+        "stats": (
+            Gst.Structure,
+            "Statistics",
+            "The current publish: peer, application, stream-key, publishing, bytes, "
+            "video-frames, audio-frames, data-messages, bitrate (bit/s over the last "
+            "second), video-codec, audio-codec (FourCCs), and publishes (how many so far)",
+            GObject.ParamFlags.READABLE,
+        ),
+    }
+    __gsignals__ = {
+        # Return TRUE to accept the publish described by the structure, FALSE to refuse it
+        # (the publisher gets NetStream.Publish.BadName). Emitted from the server's thread,
+        # whose event loop serves every connection on the port: a handler should be quick.
+        "publish-accept": (GObject.SignalFlags.RUN_LAST, bool, (Gst.Structure,)),
     }
 
     def __init__(self) -> None:
@@ -148,6 +172,7 @@ class RTMP2ServerSrc(GstBase.BaseSrc):  # type: ignore[misc]
         self._feed = Feed()
         self._server: shared.SharedServer | None = None
         self._route: shared.Route | None = None
+        self._stats = PublishStats()
         self._reset_stream_state()
 
     def _reset_stream_state(self) -> None:
@@ -172,6 +197,8 @@ class RTMP2ServerSrc(GstBase.BaseSrc):  # type: ignore[misc]
                 return self._timeout
             if name == "loop":
                 return self._loop
+        if name == "stats":
+            return self._stats.structure()
         raise AttributeError(f"unknown property {prop.name}")
 
     def do_set_property(self, prop: GObject.ParamSpec, value: Any) -> None:
@@ -198,6 +225,7 @@ class RTMP2ServerSrc(GstBase.BaseSrc):  # type: ignore[misc]
         with self._props_lock:
             host, port = self._host, self._port
             route = shared.Route(self._application, self._stream_key, self._feed, loop=self._loop)
+        route.accept = self._accept_publish
         self._feed.clear()
         self._reset_stream_state()
         try:
@@ -266,13 +294,16 @@ class RTMP2ServerSrc(GstBase.BaseSrc):  # type: ignore[misc]
             if item is None:
                 return self._timed_out(timeout or 0)
             if type(item) is Message:
+                self._stats.message(item)
                 out.extend(framer.push(item, feed.media_types_queued))
             elif type(item) is PublishStarted:
                 self._publish = item.info
+                self._stats.start(item.info)
                 framer.start()
                 self._post(START_MESSAGE, item.info, {})
             elif type(item) is PublishEnded:
                 self._publish = None
+                self._stats.end()
                 out.extend(framer.end())
                 out.append(item)
                 if not self._loop:
@@ -315,14 +346,17 @@ class RTMP2ServerSrc(GstBase.BaseSrc):  # type: ignore[misc]
 
     # --- messages ------------------------------------------------------------------------
 
+    def _accept_publish(self, info: PublishInfo) -> bool:
+        """The application's answer through `publish-accept` (server thread); no handler: yes."""
+        signal_id = GObject.signal_lookup("publish-accept", self.__gtype__)
+        if not GObject.signal_has_handler_pending(self, signal_id, 0, False):
+            return True
+        accepted = bool(self.emit("publish-accept", _info_structure("publish-accept", info)))
+        log.debug("%s: publish-accept for %s: %s", self.get_name(), info.peer, accepted)
+        return accepted
+
     def _post(self, name: str, info: PublishInfo, extra: dict[str, Any]) -> None:
-        s = Gst.Structure.new_empty(name)
-        s.set_value("application", info.application)
-        s.set_value("stream-key", info.stream_key)
-        s.set_value("query", info.query)
-        s.set_value("peer", info.peer)
-        s.set_value("flash-ver", info.flash_ver)
-        s.set_value("tc-url", info.tc_url)
+        s = _info_structure(name, info)
         for key, value in extra.items():
             s.set_value(key, value)
         self.post_message(Gst.Message.new_element(self, s))
@@ -340,6 +374,98 @@ class RTMP2ServerSrc(GstBase.BaseSrc):  # type: ignore[misc]
             caller.f_code.co_name,
             caller.f_lineno,
         )
+
+
+def _info_structure(name: str, info: PublishInfo) -> Gst.Structure:
+    s = Gst.Structure.new_empty(name)
+    s.set_value("application", info.application)
+    s.set_value("stream-key", info.stream_key)
+    s.set_value("query", info.query)
+    s.set_value("peer", info.peer)
+    s.set_value("flash-ver", info.flash_ver)
+    s.set_value("tc-url", info.tc_url)
+    return s
+
+
+_BITRATE_WINDOW: Final = 1.0  # seconds
+
+
+class PublishStats:
+    """What the `stats` property reports; updated by the streaming thread, read by any."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._info: PublishInfo | None = None
+        self._publishing = False
+        self._publishes = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._bytes = self._video = self._audio = self._data = 0
+        self._video_codec = self._audio_codec = ""
+        self._recent: deque[tuple[float, int]] = deque()
+
+    def start(self, info: PublishInfo) -> None:
+        with self._lock:
+            self._info = info
+            self._publishing = True
+            self._publishes += 1
+            self._reset()
+
+    def end(self) -> None:
+        with self._lock:
+            self._publishing = False
+            self._recent.clear()
+
+    def message(self, msg: Message) -> None:
+        size = msg.size
+        now = time.monotonic()
+        codec = ""
+        kind = msg.type_id
+        if kind in (8, 9) and size:
+            try:
+                body = msg.payload
+                info = (enhanced.classify_video if kind == 9 else enhanced.classify_audio)(body)
+                codec = info.codec
+            except enhanced.MediaError:
+                codec = ""
+        with self._lock:
+            self._bytes += size
+            recent = self._recent
+            recent.append((now, size))
+            while recent and recent[0][0] < now - _BITRATE_WINDOW:
+                recent.popleft()
+            if kind == 9:
+                self._video += 1
+                self._video_codec = codec or self._video_codec
+            elif kind == 8:
+                self._audio += 1
+                self._audio_codec = codec or self._audio_codec
+            else:
+                self._data += 1
+
+    def structure(self) -> Gst.Structure:
+        with self._lock:
+            info = self._info
+            now = time.monotonic()
+            bits = 8 * sum(n for t, n in self._recent if t >= now - _BITRATE_WINDOW)
+            s = Gst.Structure.new_empty("rtmp2serversrc-stats")
+            s.set_value("publishing", self._publishing)
+            s.set_value("peer", info.peer if info else "")
+            s.set_value("application", info.application if info else "")
+            s.set_value("stream-key", info.stream_key if info else "")
+            for key, value in (
+                ("bytes", self._bytes),
+                ("video-frames", self._video),
+                ("audio-frames", self._audio),
+                ("data-messages", self._data),
+                ("bitrate", int(bits / _BITRATE_WINDOW) if self._publishing else 0),
+                ("publishes", self._publishes),
+            ):
+                s.set_value(key, GObject.Value(GObject.TYPE_UINT64, value))
+            s.set_value("video-codec", self._video_codec)
+            s.set_value("audio-codec", self._audio_codec)
+            return s
 
 
 def _stop_fields(ended: PublishEnded) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from ..logs import get_logger
@@ -54,6 +54,9 @@ class Route:
         self.loop = loop
         self.stream: Stream | None = None  # the publish being received
         self.accepting = True  # False once a non-looping route has had its publish
+        # The application's say on each publish (the element's `publish-accept` signal),
+        # called on the server's event loop; None accepts every publish.
+        self.accept: Callable[[PublishInfo], bool] | None = None
         self._server: SharedServer | None = None
 
     def matches(self, stream: Stream) -> bool:
@@ -200,6 +203,26 @@ class SharedServer:
                 )
                 return False
             route = max(candidates, key=lambda r: r.specificity)  # first of the most specific
+        accept = route.accept
+        # Outside the lock: the application's handler may take its time or call the element.
+        if accept is not None and not accept(info):
+            log.info(
+                "publish %s/%s from %s: refused by the application (publish-accept)",
+                _escape(stream.app),
+                _escape(stream.name),
+                stream.peer,
+            )
+            return False
+        with self.lock:
+            if route.stream is not None or not route.accepting or route not in self.routes:
+                log.warning(
+                    "publish %s/%s from %s: the element that accepted it has gone or taken "
+                    "another publish meanwhile",
+                    _escape(stream.app),
+                    _escape(stream.name),
+                    stream.peer,
+                )
+                return False
             route.stream = stream
             if not route.loop:
                 route.accepting = False
@@ -248,3 +271,8 @@ def running() -> list[SharedServer]:
     """The servers running now (for tests and diagnostics)."""
     with _lock:
         return list(_servers.values())
+
+
+def _escape(text: str) -> str:
+    """A peer-supplied string as it may appear in a log line (escaped, bounded)."""
+    return repr(text[:200])[1:-1]
