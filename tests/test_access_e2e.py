@@ -38,6 +38,8 @@ KEYS = AccessConfig(
     )
 )
 DENY_LOOPBACK = AccessConfig(default=AppAccess(publish=Rule("allow", deny=["127.0.0.0/8"])))
+ALLOW = AccessConfig(default=AppAccess(publish=Rule("allow", allow=["127.0.0.0/8"])))
+DENY = AccessConfig(default=AppAccess(publish=Rule("deny")))
 
 
 def run_case(
@@ -78,6 +80,8 @@ def run_case(
         ("wrong key", KEYS, "guess", False),
         ("no key", KEYS, "cam1", False),
         ("denied address", DENY_LOOPBACK, "cam1", False),
+        ("allow", ALLOW, "cam1", True),
+        ("deny", DENY, "cam1", False),
     ],
 )
 def test_policy_matrix(
@@ -240,3 +244,113 @@ def test_webhooks_of_a_real_publish_and_play_are_signed(
     # Video and audio messages, the sequence headers among them.
     assert done["video_frames"] >= source.video and done["audio_frames"] >= source.audio
     assert len({e["id"] for e in events}) == 3
+
+
+def test_undeclared_application_is_refused_at_connect(tmp_path: Path, source: SourceMedia) -> None:
+    config = AccessConfig(apps={"live": AppAccess()})
+
+    async def main() -> tuple[int, int]:
+        server = RTMPServer(
+            ServerConfig(host="127.0.0.1", port=0, record_dir=tmp_path / "rec", access=config)
+        )
+        await server.start()
+        loop = asyncio.get_running_loop()
+        codes = []
+        for app in ("other", "live"):
+            url = f"rtmp://127.0.0.1:{server.port}/{app}/cam1"
+            result = await loop.run_in_executor(
+                None, publish, "ffmpeg-debian", source.path, url, 30.0
+            )
+            codes.append(result.returncode)
+        await wait_for(lambda: not server.registry.get("live", "cam1"))
+        await server.close()
+        return codes[0], codes[1]
+
+    refused, accepted = asyncio.run(main())
+    assert refused != 0 and accepted == 0
+    assert [p.parent.name for p in (tmp_path / "rec").rglob("*.flv")] == ["live"]
+
+
+def test_play_tokens_with_a_real_player(tmp_path: Path, source: SourceMedia) -> None:
+    """ffplay/ffmpeg players pass the token in the URL's query; without it they are refused."""
+    config = AccessConfig(default=AppAccess(play=Rule("key"), play_keys=["viewer"]))
+
+    async def main() -> tuple[int, int, Path]:
+        server = RTMPServer(
+            ServerConfig(host="127.0.0.1", port=0, record_dir=tmp_path / "rec", access=config)
+        )
+        await server.start()
+        loop = asyncio.get_running_loop()
+        base = f"rtmp://127.0.0.1:{server.port}/live/cam1"
+        from support.clients import start_looping_publisher
+
+        publisher = start_looping_publisher(source.path, base)
+        await wait_for(lambda: server.registry.get("live", "cam1") is not None, timeout=15)
+        out = tmp_path / "played.flv"
+
+        def play(url: str) -> int:
+            import subprocess
+
+            return subprocess.run(
+                [
+                    "ffmpeg",
+                    "-hide_banner",
+                    "-loglevel",
+                    "error",
+                    "-y",
+                    "-i",
+                    url,
+                    "-t",
+                    "1",
+                    "-c",
+                    "copy",
+                    str(out),
+                ],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=30,
+            ).returncode
+
+        without = await loop.run_in_executor(None, play, base)
+        with_token = await loop.run_in_executor(None, play, base + "?token=viewer")
+        publisher.kill()
+        await server.close()
+        return without, with_token, out
+
+    without, with_token, out = asyncio.run(main())
+    assert without != 0
+    assert with_token == 0 and av_counts(out)["video"] > 0
+
+
+def test_reconfigure_applies_new_keys_to_new_publishes(tmp_path: Path) -> None:
+    """What SIGHUP does: the running server gets new rules; the next publish meets them."""
+    import dataclasses
+
+    first = AccessConfig(default=AppAccess(publish=Rule("key"), keys={"cam1": "old"}))
+    second = AccessConfig(default=AppAccess(publish=Rule("key"), keys={"cam1": "new"}))
+
+    async def main() -> list[str]:
+        cfg = ServerConfig(host="127.0.0.1", port=0, record_dir=tmp_path, access=first)
+        server = RTMPServer(cfg)
+        await server.start()
+        codes = []
+        for key in ("old", "new"):
+            c = await AsyncClient.open(server.port)
+            _, status = await c.publish(key)
+            codes.append(str(status.info["code"]))
+            await c.close()
+            if key == "old":
+                await wait_for(lambda: not server.sessions)
+                server.reconfigure(dataclasses.replace(cfg, access=second))
+        c = await AsyncClient.open(server.port)
+        _, status = await c.publish("old")
+        codes.append(str(status.info["code"]))
+        await c.close()
+        await server.close()
+        return codes
+
+    assert asyncio.run(main()) == [
+        "NetStream.Publish.Start",
+        "NetStream.Publish.Start",
+        "NetStream.Publish.BadName",
+    ]
