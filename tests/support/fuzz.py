@@ -358,6 +358,7 @@ class FuzzReport:
     log_errors: list[str] = field(default_factory=list)
     warnings: Counter[str] = field(default_factory=Counter)
     infos: Counter[str] = field(default_factory=Counter)
+    growth: list[str] = field(default_factory=list)  # tracemalloc's biggest differences
     baseline: int = 0
     after: int = 0
     bytes_sent: int = 0
@@ -457,22 +458,29 @@ class _Fuzz:
             if cfg.controls:
                 await self._controls()
             await self._settle()
-            report.baseline = _traced()
-            started = time.monotonic()
             order = cfg.only if cfg.only is not None else list(range(cfg.mutants))
-            pending = list(reversed(order))
+            pending = list(
+                reversed(order)
+            )  # made before the baseline: it is ours, not the server's
+            report.baseline = _traced()
+            baseline_snapshot = tracemalloc.take_snapshot()
+            started = time.monotonic()
             while pending:
                 if cfg.seconds and report.rounds and time.monotonic() - started > cfg.seconds:
                     break
                 await self._round(pending)
             await self._settle()
             report.after = _traced()
+            snapshot = tracemalloc.take_snapshot().filter_traces(
+                [tracemalloc.Filter(False, tracemalloc.__file__)]
+            )
+            diff = snapshot.compare_to(baseline_snapshot, "lineno")
+            report.growth = [str(d) for d in diff[:8]]
             if report.after - report.baseline > cfg.memory_slack:
-                top = tracemalloc.take_snapshot().statistics("lineno")[:8]
                 report.problems.append(
                     f"memory grew by {report.after - report.baseline} bytes after the mutants "
-                    "left (tracemalloc, after gc.collect()); top allocations:\n"
-                    + "\n".join(f"  {s}" for s in top)
+                    "left (tracemalloc, after gc.collect()); where it grew most:\n"
+                    + "\n".join(f"  {line}" for line in report.growth)
                 )
         finally:
             await self.server.close()
