@@ -17,10 +17,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rtmp2server.server.server import RTMPServer, ServerConfig
 from support.capture import CAPTURE_STREAM, PUBLISHERS, Capture, record_captures
 from support.clients import chunk_message, set_chunk_size
-from support.fuzz import HANDSHAKE_END, FuzzConfig, Mutant, chunk_map, run_fuzz
+from support.fuzz import HANDSHAKE_END, FuzzConfig, Mutant, chunk_map, replay, run_fuzz
 from support.media import SourceMedia
+from support.probe import av_counts
 
 
 @pytest.fixture(scope="session")
@@ -117,6 +119,44 @@ def test_mutations_cover_every_kind(captures: dict[str, Capture]) -> None:
         seen.add(mutant.mode)
     expected = {"bitflip", "bytes", "header", "truncate", "delete", "duplicate", "insert"}
     assert expected | {"splice", "blast", "segments", "resplit"} <= seen, seen
+
+
+def test_control_ranges_are_the_commands(captures: dict[str, Capture]) -> None:
+    capture = captures["ffmpeg-debian"]
+    cmap = chunk_map(capture.data)
+    joined = b"".join(capture.data[a:b] for a, b in cmap.control)
+    for word in (b"connect", b"createStream", b"publish", b"@setDataFrame"):
+        assert word in joined, word
+    assert sum(b - a for a, b in cmap.control) < 5_000  # and not the media
+
+
+@pytest.mark.parametrize("client", PUBLISHERS)
+def test_unchanged_capture_sent_in_one_write_records_every_frame(
+    client: str, captures: dict[str, Capture], source: SourceMedia, tmp_path: Path
+) -> None:
+    """What the fuzzer's "blast" mode sends, unmutated: the whole publish in one write, as a
+    client that does not wait for answers would send it. The server must keep every frame
+    (issue 9, item 1: today the media that arrives with the publish is dropped)."""
+    stream = "fb0000000"
+
+    async def main() -> None:
+        server = RTMPServer(ServerConfig(host="127.0.0.1", port=0, record_dir=tmp_path))
+        await server.start()
+        try:
+            data = captures[client].with_stream_name(stream)
+            result = await replay(server.port, data, [], close_timeout=10, send_timeout=30)
+            assert result.problem is None, result.problem
+            for _ in range(100):
+                if not server.sessions:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+    found = sorted((tmp_path / "live").glob(f"{stream}-*.flv"))
+    assert found, f"{client}'s publish sent in one write left no recording"
+    assert av_counts(found[0]) == source.counts
 
 
 # --- the fuzz run --------------------------------------------------------------------------------

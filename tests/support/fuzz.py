@@ -67,6 +67,9 @@ class Field:
 class ChunkMap:
     fields: list[Field]
     boundaries: list[int]  # offsets at which a chunk starts (after the handshake)
+    # payload ranges of chunks that carry anything but audio and video (commands, metadata,
+    # protocol control), where a few changed bytes reach the AMF and command parsers
+    control: list[tuple[int, int]] = field(default_factory=list)
 
 
 def chunk_map(data: bytes) -> ChunkMap:
@@ -78,6 +81,7 @@ def chunk_map(data: bytes) -> ChunkMap:
     # per chunk stream: message length, type, bytes still to come, extended timestamp in use
     state: dict[int, list[int]] = {}
     control = bytearray()  # payload of a Set Chunk Size in progress
+    controls: list[tuple[int, int]] = []
     pos, end = HANDSHAKE_END, len(data)
     while pos < end:
         boundaries.append(pos)
@@ -122,18 +126,27 @@ def chunk_map(data: bytes) -> ChunkMap:
         take = min(chunk_size, st[2])
         if st[1] == 1 and csid == 2:
             control += data[pos : pos + take]
+        if st[1] not in (8, 9) and take > 0:
+            controls.append((pos, min(pos + take, end)))
         pos += take
         st[2] -= take
         if st[2] == 0 and st[1] == 1 and csid == 2 and len(control) >= 4:
             chunk_size = max(1, int.from_bytes(control[:4], "big") & 0x7FFFFFFF)
-    return ChunkMap(fields, boundaries)
+    return ChunkMap(fields, boundaries, controls)
 
 
 # --- mutations ----------------------------------------------------------------------------------
 
 
-def _point(rng: random.Random, size: int) -> int:
-    if size > HANDSHAKE_END and rng.random() < 0.9:
+def _point(rng: random.Random, size: int, cmap: ChunkMap | None = None) -> int:
+    """A position to change: in a command or control payload four times in ten, elsewhere in
+    the chunk stream five times in ten, anywhere (the handshake too) one time in ten."""
+    roll = rng.random()
+    if cmap is not None and cmap.control and roll < 0.4:
+        start, end = rng.choice(cmap.control)
+        if end <= size:
+            return rng.randrange(start, end)
+    if size > HANDSHAKE_END and roll < 0.9:
         return rng.randrange(HANDSHAKE_END, size)
     return rng.randrange(size)
 
@@ -172,14 +185,14 @@ def mutate_in_place(rng: random.Random, data: bytearray, cmap: ChunkMap) -> str:
         n = rng.randint(1, 4)
         spots = []
         for _ in range(n):
-            at = _point(rng, len(data))
+            at = _point(rng, len(data), cmap)
             data[at] = rng.choice(INTERESTING)
             spots.append(f"{at}={data[at]:02x}")
         return "bytes " + ",".join(spots)
     n = rng.randint(1, 8)
     spots = []
     for _ in range(n):
-        at = _point(rng, len(data))
+        at = _point(rng, len(data), cmap)
         bit = rng.randrange(8)
         data[at] ^= 1 << bit
         spots.append(f"{at}.{bit}")
@@ -197,7 +210,7 @@ def mutate_length(
         at = at if at is not None else _point(rng, size)
         return data[:at], f"truncate@{at}"
     if op == "insert":
-        at = _point(rng, size)
+        at = _point(rng, size, cmap)
         junk = rng.randbytes(rng.randint(1, 64))
         return data[:at] + junk + data[at:], f"insert@{at}+{len(junk)}"
     if op == "splice":
@@ -205,7 +218,7 @@ def mutate_length(
         a = rng.choice(cmap.boundaries) if cmap.boundaries else _point(rng, size)
         b = rng.choice(other_map.boundaries) if other_map.boundaries else HANDSHAKE_END
         return data[:a] + other_data[b:], f"splice@{a}+other@{b}"
-    at = _point(rng, size)
+    at = _point(rng, size, cmap)
     n = min(rng.choice((1, 2, 4, 8, 16, 128, 1024, 4096)), size - at)
     if op == "delete":
         return data[:at] + data[at + n :], f"delete@{at}-{n}"
