@@ -180,6 +180,8 @@ def mutate_in_place(rng: random.Random, data: bytearray, cmap: ChunkMap) -> str:
         f = rng.choice(cmap.fields)
         old = bytes(data[f.offset : f.offset + f.width])
         new = _edge_value(rng, old, f.kind)
+        if new == old:  # the edge value was already there: change its last bit instead
+            new = new[:-1] + bytes([new[-1] ^ 1])
         data[f.offset : f.offset + f.width] = new
         return f"header {f.kind}@{f.offset} {old.hex()}->{new.hex()}"
     if op == "interesting":
@@ -255,6 +257,10 @@ class Mutant:
             other_data = named(other)
             data, step = mutate_length(rng, data, cmap, (other_data, chunk_map(other_data)))
             steps.append(step.replace("other", other.name))
+        if data == named(base):  # the changes undid each other
+            at = _point(rng, len(data), cmap)
+            data[at] ^= 0x01
+            steps.append(f"bitflip {at}.0 (the others changed nothing)")
         mode = rng.choice(("blast", "segments", "resplit"))
         pieces: list[int] = []
         if mode == "segments":
