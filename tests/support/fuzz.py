@@ -8,10 +8,12 @@ so one mutant can be rebuilt and replayed alone (`Mutant.make`, `scripts/fuzz.sh
 The mutations: bit flips; bytes replaced by 0x00, 0xFF, 0x7F or 0x80; a field of a chunk header
 (basic header, timestamp, message length, type, stream id, extended timestamp) overwritten with
 an edge value; truncation; deletion, duplication or insertion of a range; and a splice of two
-captures at chunk boundaries. Point mutations land after the handshake nine times in ten: the
-server does not validate C2 and falls back to the simple handshake on a bad C1 digest (see
-`protocol/handshake.py`), so a replay gets past the handshake unless C0 itself is hit, and the
-interesting input is the chunk stream. A mutant is sent in one write, in the reads the proxy
+captures at chunk boundaries. A point mutation lands in the payload of a command, metadata or
+protocol control message four times in ten (the AMF and command parsers), elsewhere in the chunk
+stream five times in ten, and anywhere, the handshake included, one time in ten. The server does
+not validate C2 and falls back to the simple handshake on a bad C1 digest (see
+`protocol/handshake.py`), so a replay gets past the handshake unless C0 itself is hit; C2 needs
+no patching from the live S1. A mutant is sent in one write, in the reads the proxy
 recorded, or re-split into random pieces of 1 to 512 bytes, and then its side is shut (EOF).
 
 `run_fuzz()` runs rounds. In each, a real ffmpeg publishes the source media to `live/good` while
@@ -466,7 +468,6 @@ class _Fuzz:
         self.out_dir = out_dir
         self.report = FuzzReport()
         self.owners: dict[int, object] = {}
-        self.stops: Counter[str] = Counter()
         self.server = RTMPServer(ServerConfig(host="127.0.0.1", port=0, record_dir=record_dir))
 
     async def run(self) -> FuzzReport:
@@ -484,9 +485,8 @@ class _Fuzz:
                 await self._controls()
             await self._settle()
             order = cfg.only if cfg.only is not None else list(range(cfg.mutants))
-            pending = list(
-                reversed(order)
-            )  # made before the baseline: it is ours, not the server's
+            # Made before the baseline: this list is ours, not the server's.
+            pending = list(reversed(order))
             report.baseline = _traced()
             baseline_snapshot = tracemalloc.take_snapshot()
             started = time.monotonic()
