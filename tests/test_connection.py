@@ -366,11 +366,13 @@ def test_decisions_only_while_pending(first: str, second: str) -> None:
         p.client.delete_stream(1)
         p.pump()
         assert StreamClosed(1, "deleteStream") in p.server_items
+        p.client.call("FCUnpublish", "x")
+        p.pump()  # the close was a read ago: the request is gone
     elif first == "accept_publish":
         p.server.accept_publish(req)
     else:
         p.server.reject_publish(req, "no")
-    with pytest.raises(LocalProtocolError, match=f"{second}.. on message stream 1 in state"):
+    with pytest.raises(LocalProtocolError, match=f"{second}.. on message stream 1 in state .*"):
         if second == "accept_publish":
             p.server.accept_publish(req)
         else:
@@ -421,3 +423,46 @@ def test_reconnect_request_only_for_clients_that_announced_it() -> None:
         "description": "maintenance",
         "tcUrl": "rtmp://other/live",
     }
+
+
+def test_a_request_withdrawn_in_the_same_read_is_answered_in_order() -> None:
+    """publish, closeStream, publish in one read (found by the fuzzer: answering the first
+    raised LocalProtocolError). The owner answers each in turn, as if it read one command
+    at a time; only the latest moves the stream's state."""
+    p = Pair()
+    p.client.connect("live", "rtmp://h/live")
+    p.client.create_stream()
+    p.pump()
+    p.server_items.clear()
+    p.client.publish(1, "a")
+    p.client.call("closeStream", stream_id=1)
+    p.client.publish(1, "b")
+    p.pump()
+    first, closed, second = p.server_items
+    assert isinstance(first, PublishRequest) and isinstance(second, PublishRequest)
+    assert closed == StreamClosed(1, "closeStream")
+    assert not p.server.is_pending(first) and p.server.is_pending(second)
+    p.server.accept_publish(first)  # sends its Publish.Start; the state stays with "b"
+    assert p.server.stream_state(1) is StreamState.PUBLISH_PENDING
+    with pytest.raises(LocalProtocolError, match="already answered or withdrawn"):
+        p.server.accept_publish(first)
+    p.server.accept_publish(second)
+    assert p.server.stream_state(1) is StreamState.PUBLISHING
+    p.pump()
+    starts = [c for c in p.commands() if c.info.get("code") == "NetStream.Publish.Start"]
+    assert [c.info["details"] for c in starts] == ["a", "b"]
+
+
+def test_a_request_withdrawn_in_an_earlier_read_cannot_be_answered() -> None:
+    p = Pair()
+    p.client.connect("live", "rtmp://h/live")
+    p.client.create_stream()
+    p.client.publish(1, "x")
+    p.pump()
+    req = p.server_items[-1]
+    p.client.delete_stream(1)
+    p.pump()
+    p.client.call("FCUnpublish", "x")
+    p.pump()  # a later read
+    with pytest.raises(LocalProtocolError, match="already answered or withdrawn"):
+        p.server.accept_publish(req)

@@ -159,6 +159,12 @@ class ServerConnection:
         # What the client announced of Enhanced RTMP in connect (fourCcList, capsEx, ...).
         self.capabilities = enhanced.NO_CAPABILITIES
         self.stream_states: dict[int, StreamState] = {}
+        # The latest request of each stream that awaits its answer; every request not answered
+        # yet (`_open`); those withdrawn or replaced during the current read (`_stale`), which
+        # may be answered until the next read.
+        self._requests: dict[int, PublishRequest | PlayRequest] = {}
+        self._open: list[PublishRequest | PlayRequest] = []
+        self._stale: list[PublishRequest | PlayRequest] = []
         # Derived from `stream_states`, for the per-message checks: streams whose media and
         # data come out (publish pending or publishing), and streams being played.
         self._media_in: set[int] = set()
@@ -183,6 +189,10 @@ class ServerConnection:
             return []
         if self.state is State.CLOSED:
             raise LocalProtocolError("receive_data() on a closed connection")
+        if self._stale:
+            # Requests withdrawn during the last read can no longer be answered.
+            self._open = [r for r in self._open if not any(r is x for x in self._stale)]
+            self._stale.clear()
         self.bytes_received += len(data)
         items: list[ReceivedItem] = []
         try:
@@ -288,8 +298,29 @@ class ServerConnection:
             else:
                 members.discard(stream_id)
 
-    def _decide(self, stream_id: int, decision: str) -> None:
+    def is_pending(self, request: PublishRequest | PlayRequest) -> bool:
+        """Whether `request` awaits an answer and is still the stream's latest request."""
+        return request in self._open and self._requests.get(request.stream_id) is request
+
+    def _decide(
+        self, stream_id: int, decision: str, request: PublishRequest | PlayRequest | None = None
+    ) -> None:
+        """Apply an owner decision. An answer to a request is legal once, while the request
+        is open. The owner acts on a read's items in order, but the connection has parsed
+        the whole read first: a request the client withdrew (closeStream) or replaced (a
+        second play) in the same read is still answered, as a server that reads one command
+        at a time would; its answer is sent but moves the stream's state no more."""
         state = self.stream_state(stream_id)
+        if request is not None:
+            if request not in self._open:
+                raise LocalProtocolError(
+                    f"{decision}() on message stream {stream_id} in state {state.value}, "
+                    "for a request already answered or withdrawn"
+                )
+            self._open.remove(request)
+            if self._requests.get(stream_id) is not request:
+                return  # stale: the stream moved on after it, in the same read
+            del self._requests[stream_id]
         new = _DECISIONS.get((state, decision))
         if new is None:
             raise LocalProtocolError(
@@ -299,7 +330,7 @@ class ServerConnection:
 
     def accept_publish(self, request: PublishRequest) -> None:
         sid = request.stream_id
-        self._decide(sid, "accept_publish")
+        self._decide(sid, "accept_publish", request)
         self.send_user_control(UserControlEvent.STREAM_BEGIN, sid)
         self.send_status(
             sid,
@@ -315,7 +346,7 @@ class ServerConnection:
         description: str,
         code: str = "NetStream.Publish.BadName",
     ) -> None:
-        self._decide(request.stream_id, "reject_publish")
+        self._decide(request.stream_id, "reject_publish", request)
         self.send_status(request.stream_id, "error", code, description)
 
     def end_publish(self, stream_id: int, description: str = "") -> None:
@@ -328,7 +359,7 @@ class ServerConnection:
 
     def accept_play(self, request: PlayRequest) -> None:
         sid = request.stream_id
-        self._decide(sid, "accept_play")
+        self._decide(sid, "accept_play", request)
         self.send_user_control(UserControlEvent.STREAM_IS_RECORDED, sid)
         self.send_user_control(UserControlEvent.STREAM_BEGIN, sid)
         if request.reset:
@@ -360,7 +391,7 @@ class ServerConnection:
         description: str,
         code: str = "NetStream.Play.StreamNotFound",
     ) -> None:
-        self._decide(request.stream_id, "reject_play")
+        self._decide(request.stream_id, "reject_play", request)
         self.send_status(request.stream_id, "error", code, description, details=request.name)
 
     def end_play(self, stream_id: int) -> None:
@@ -605,7 +636,10 @@ class ServerConnection:
                 f"publish on message stream {sid} in state {state.value}, expected an idle stream"
             )
         self._set_stream_state(sid, StreamState.PUBLISH_PENDING)
-        items.append(PublishRequest(sid, name, query, ptype, tid))
+        request = PublishRequest(sid, name, query, ptype, tid)
+        self._requests[sid] = request
+        self._open.append(request)
+        items.append(request)
 
     def _cmd_play(
         self, tid: float, cmd_obj: Any, args: list[Any], sid: int, items: list[ReceivedItem]
@@ -628,9 +662,17 @@ class ServerConnection:
         # A play on a stream already playing (or pending) replaces that play: the owner gets
         # the new request and drops its player first (ffplay does this on seek).
         self._set_stream_state(sid, StreamState.PLAY_PENDING)
-        items.append(PlayRequest(sid, name, query, start, duration, reset, tid))
+        play = PlayRequest(sid, name, query, start, duration, reset, tid)
+        if self._requests.get(sid) is not None:
+            self._stale.append(self._requests[sid])
+        self._requests[sid] = play
+        self._open.append(play)
+        items.append(play)
 
     def _end_stream(self, sid: int, command: str, items: list[ReceivedItem]) -> None:
+        withdrawn = self._requests.pop(sid, None)
+        if withdrawn is not None:
+            self._stale.append(withdrawn)
         if self.stream_state(sid) is not StreamState.IDLE:
             self._set_stream_state(sid, StreamState.IDLE)
             items.append(StreamClosed(sid, command))

@@ -26,7 +26,7 @@ from ..config import Listener, tls_context
 from ..config import RelayConfig as RelayConfig  # its old home: re-exported
 from ..config import ServerConfig as ServerConfig  # its old home: re-exported
 from ..logs import get_logger, redact_query
-from ..protocol.connection import ServerConnection, State, StreamState
+from ..protocol.connection import ServerConnection, State
 from ..protocol.errors import BudgetExceeded, RemoteProtocolError
 from ..protocol.events import Connected, PlayRequest, PublishRequest, StreamClosed
 from ..protocol.messages import Message
@@ -422,7 +422,7 @@ class Session(asyncio.BufferedProtocol):
             decision = await self.server.access.decide(
                 self._access_request("play", req.name, req.query)
             )
-        if self.closed or self.conn.stream_state(req.stream_id) is not StreamState.PLAY_PENDING:
+        if self.closed or not self.conn.is_pending(req):
             return  # the player left, or asked again, meanwhile
         handler = self.server.play_handler
         if decision.allowed and handler is not None:
@@ -463,6 +463,9 @@ class Session(asyncio.BufferedProtocol):
         if self.pending.get(pending.request.stream_id) is not pending:
             return  # the stream closed, or the client left, meanwhile: nothing to do
         del self.pending[pending.request.stream_id]
+        if self.closed or not self.conn.is_pending(pending.request):
+            self.server.registry.release(pending.stream)
+            return
         accepted = False
         if not task.cancelled():
             error = task.exception()
