@@ -93,6 +93,10 @@ class SharedServer:
         self.requested_port = port
         cfg = config or ServerConfig()
         cfg.host, cfg.port, cfg.record_dir = host, port, None
+        # A pipeline's element keeps its publisher: a second publisher of a key being published
+        # is refused, as before takeover existed (an idle wildcard element would otherwise
+        # take the newcomer and end the first element's stream).
+        cfg.republish = "refuse"
         self.server = RTMPServer(cfg, publish_handler=self._on_publish)
         self.loop = asyncio.new_event_loop()
         self.lock = threading.Lock()
