@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Checks in under 2 minutes that the benchmark harness works with our server (no other
-# server, nothing installed): one short ingest, 1 and 2 real-time publishers, 20 held
+# server, nothing installed): one short ingest over RTMP and one over RTMPS (trustme makes
+# the certificate; the project's .venv has it), 1 and 2 real-time publishers, 20 held
 # connections, and fan-out/latency when the relay is there. For optional CI use; it is not
 # part of the test suite's pass/fail. Needs ffmpeg, ffprobe and rtmpdump (scripts/setup.sh
 # installs them). Output: bench/results/tmp/smoke/.

@@ -136,7 +136,7 @@ def run(
     headers = media.codec_headers(live)
     log(f"media: {big.name} {big_counts}, {live.name} {live_counts} ({live_from_key} from key)")
     results: report.Results = {spec.name: {} for spec in specs}
-    if only is None or "ingest" in only:
+    if only is None or only & {"ingest", "ingest_tls"}:
         scenarios.warm_page_cache(s.work, 2 * s.ingest_repeat * big.stat().st_size)
     for r in range(s.runs):
         for spec in specs:
@@ -150,6 +150,15 @@ def run(
             plays = spec.can_play()
             steps: list[tuple[str, Callable[[], Any]]] = [
                 ("ingest", partial(scenarios.ingest, spec, s, big, big_counts)),
+            ]
+            if spec.rtmps_command is not None:
+                # Right after the plain ingest, so that both see the same machine state.
+                tls_ingest = partial(scenarios.ingest, spec, s, big, big_counts, tls=True)
+                steps.append(("ingest_tls", tls_ingest))
+            elif r == 0 and (only is None or "ingest_tls" in only):
+                res.setdefault("errors", []).append(f"ingest over RTMPS n/a: {spec.no_rtmps}")
+                res["no_rtmps"] = spec.no_rtmps
+            steps += [
                 ("publishers", partial(scenarios.publishers, spec, s, live, live_counts)),
                 ("memory", partial(scenarios.memory, spec, s, headers)),
             ]
@@ -197,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-players", type=int, help="cap of the fan-out sweep")
     p.add_argument("--connections", type=int, help="connections for the memory figure")
     p.add_argument(
-        "--only", help="comma-separated subset of ingest,publishers,memory,fanout,latency"
+        "--only",
+        help="comma-separated subset of ingest,ingest_tls,publishers,memory,fanout,latency "
+        "(ingest_tls: the ingest over RTMPS, beside ingest)",
     )
     p.add_argument("--profile", action="store_true", help="profile our ingest path instead")
     p.add_argument("--out", type=Path, help="results folder (default bench/results/<date>)")
@@ -269,7 +280,10 @@ def main(argv: list[str] | None = None) -> int:
             "Figures in parentheses are ratios to nginx-rtmp (below 1 is less CPU, memory or "
             "delay than nginx-rtmp; above 1 is more streams or players).",
             f"Ingest: the 30 s 20 Mbit/s H.264+AAC FLV pushed {s.ingest_repeat}x per run with "
-            "`ffmpeg -c copy -f flv` (no -re), CPU = user+sys of the server's process tree.",
+            "`ffmpeg -c copy -f flv` (no -re), CPU = user+sys of the server's process tree. "
+            "Ingest over RTMPS: the same pushes to an rtmps:// listener (`-tls_verify 0`, "
+            "certificate from trustme), right after the plain ones; in parentheses its ratio "
+            "to the same server's plain ingest.",
             f"Publishers: N x `ffmpeg -re` of a {s.live_seconds:g} s 3 Mbit/s FLV at once, "
             f"N = {', '.join(map(str, s.publisher_levels))} until a level fails (any recording "
             "not packet-complete, a publisher failing or running late); the clients share the 2 "
@@ -300,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         ok = (
             bool(ours.get("ingest"))
             and all(x["complete"] == x["streams"] for x in ours["ingest"])
+            and bool(ours.get("ingest_tls"))
+            and all(x["complete"] == x["streams"] for x in ours["ingest_tls"])
             and bool(ours.get("publishers"))
             and bool(ours.get("memory"))
         )

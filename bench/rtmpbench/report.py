@@ -13,7 +13,8 @@ from .servers import BASELINE
 
 Results = dict[str, dict[str, Any]]
 """server -> {"ingest": [run...], "publishers": [[level...] per run], "fanout": ...,
-"latency": [run...], "memory": [run...], "errors": [str...]}"""
+"latency": [run...], "memory": [run...], "ingest_tls": [run...] (ingest over RTMPS),
+"no_rtmps": why there is no RTMPS figure, "errors": [str...]}"""
 
 
 def _median(values: list[float]) -> float:
@@ -68,19 +69,27 @@ class Row:
     value: Callable[[dict[str, Any]], float | str]
     fmt: str = "{:.2f}"
     ratio: bool = True
+    base: Callable[[dict[str, Any]], float] | None = None
+    """When given, the ratio in parentheses is to this figure of the same server (the RTMPS
+    rows: to its plain RTMP ingest) instead of to nginx-rtmp's."""
 
 
-def _split(res: dict[str, Any]) -> str:
-    user, system = figure(res, "ingest", "user_s_per_gb"), figure(res, "ingest", "sys_s_per_gb")
+def _split(res: dict[str, Any], key: str = "ingest") -> str:
+    user, system = figure(res, key, "user_s_per_gb"), figure(res, key, "sys_s_per_gb")
     return "n/a" if math.isnan(user) else f"{user:.2f} / {system:.2f}"
+
+
+def _tls(value: Callable[[dict[str, Any]], float | str]) -> Callable[[dict[str, Any]], float | str]:
+    """An RTMPS figure, "n/a (no RTMPS)" for a server that has none."""
+    return lambda r: "n/a (no RTMPS)" if r.get("no_rtmps") else value(r)
 
 
 def summarize(results: Results) -> tuple[list[Row], dict[str, int | None]]:
     pub_n = common_level(results, "publishers")
     fan_n = common_level(results, "fanout")
 
-    def ingest_complete(r: dict[str, Any]) -> str:
-        runs = r.get("ingest", [])
+    def ingest_complete(r: dict[str, Any], key: str = "ingest") -> str:
+        runs = r.get(key, [])
         if not runs:
             return "-"
         good = sum(x["complete"] for x in runs)
@@ -116,6 +125,26 @@ def summarize(results: Results) -> tuple[list[Row], dict[str, int | None]]:
         Row("ingest: of which user / system", lambda r: _split(r), ratio=False),
         Row("ingest: wall s per 30 s file", get("ingest", "wall_s")),
         Row("ingest: streams recorded packet-complete", ingest_complete, ratio=False),
+        Row(
+            "ingest over RTMPS: server CPU s per GB (ratio: to its plain RTMP ingest)",
+            _tls(get("ingest_tls", "cpu_s_per_gb")),
+            base=get("ingest", "cpu_s_per_gb"),
+        ),
+        Row(
+            "ingest over RTMPS: of which user / system",
+            _tls(lambda r: _split(r, "ingest_tls")),
+            ratio=False,
+        ),
+        Row(
+            "ingest over RTMPS: wall s per 30 s file (ratio: to plain RTMP)",
+            _tls(get("ingest_tls", "wall_s")),
+            base=get("ingest", "wall_s"),
+        ),
+        Row(
+            "ingest over RTMPS: streams recorded packet-complete",
+            _tls(lambda r: ingest_complete(r, "ingest_tls")),
+            ratio=False,
+        ),
         Row("publishers (3 Mbit/s, -re): largest N all complete", maxn("publishers"), "{:.0f}"),
         Row(
             f"publishers: server CPU % of a core at N={pub_n}",
@@ -158,7 +187,11 @@ def markdown(results: Results, header: str) -> str:
                 cells.append("n/a")
                 continue
             cell = row.fmt.format(value)
-            if row.ratio and base is not None and name != BASELINE:
+            if row.base is not None:
+                own = row.base(results[name])
+                if not math.isnan(own) and own > 0:
+                    cell += f" ({value / own:.2f}x)"
+            elif row.ratio and base is not None and name != BASELINE:
                 ref = row.value(base)
                 if isinstance(ref, float) and not math.isnan(ref) and ref > 0:
                     cell += f" ({value / ref:.2f}x)"
@@ -203,6 +236,19 @@ def chart(results: Results, path: Path, title: str) -> bool:
         ax.set_title(label)
         ax.tick_params(axis="x", labelrotation=20, labelsize=8)
 
+    def ingest_bars(ax: Any) -> None:
+        """Plain RTMP and, beside it (hatched), RTMPS, for the servers that have it."""
+        for offset, key, hatch in ((-0.2, "ingest", ""), (0.2, "ingest_tls", "//")):
+            for i, s in enumerate(servers):
+                v = figure(results[s], key, "cpu_s_per_gb")
+                if math.isnan(v):
+                    continue
+                ax.bar(i + offset, v, width=0.4, color=colors[s], hatch=hatch, edgecolor="k")
+                ax.annotate(f"{v:.3g}", (i + offset, v), ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(servers)), servers)
+        ax.set_title("ingest: server CPU s per GB, RTMP | RTMPS (hatched)")
+        ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+
     def curves(ax: Any, key: str, field: str, label: str) -> None:
         for s in servers:
             runs = results[s].get(key, [])
@@ -214,7 +260,7 @@ def chart(results: Results, path: Path, title: str) -> bool:
         ax.set_title(label)
         ax.legend(fontsize=8)
 
-    bars(axes[0][0], "ingest", "cpu_s_per_gb", "ingest: server CPU s per GB (lower is better)")
+    ingest_bars(axes[0][0])
     curves(axes[0][1], "publishers", "cpu_pct", "N real-time publishers: server CPU % of a core")
     curves(axes[0][2], "fanout", "cpu_pct", "1 stream to N players: server CPU % of a core")
     bars(axes[1][0], "latency", "p50_ms", "relay latency p50, ms")

@@ -11,6 +11,11 @@ hold is the server's own and its CPU/RSS are those of its process tree.
 - ours: `python -m rtmp2server` from src/ under the harness's own interpreter (the bench
   venv's, a Debian python 3.11 like the project's .venv), with plain asyncio (the uvloop
   import blocked), and ours+uvloop: the same with uvloop (the CLI uses it when importable).
+
+A server with an `rtmps_command` can also be started with one RTMPS listener instead of the
+plain one (`start(work, tls=True)`), on a certificate for 127.0.0.1 made in its work dir with
+trustme. Only ours has one here: nginx-rtmp has no RTMPS of its own, pyrtmp neither, and
+node-media-server's is not set up by the bench.
 """
 
 from __future__ import annotations
@@ -71,6 +76,8 @@ class Running:
     port: int
     record_dir: Path
     log: Path
+    scheme: str = "rtmp"
+    """"rtmps" when it was started with its RTMPS listener."""
 
     @property
     def pid(self) -> int:
@@ -89,7 +96,7 @@ class Running:
         return procs.rss_bytes(self.pid)
 
     def url(self, stream: str) -> str:
-        return f"rtmp://127.0.0.1:{self.port}/live/{stream}"
+        return f"{self.scheme}://127.0.0.1:{self.port}/live/{stream}"
 
     def recordings(self, stream: str) -> list[Path]:
         """Recorded files of `stream` (every server names them its own way)."""
@@ -116,6 +123,28 @@ class Running:
 
 
 @dataclass(frozen=True)
+class TLSFiles:
+    """A PEM certificate chain and its unencrypted key."""
+
+    cert: Path
+    key: Path
+
+
+def make_tls_files(folder: Path) -> TLSFiles:
+    """A certificate for 127.0.0.1 and localhost from a throwaway trustme CA, in `folder`.
+    The clients do not verify it (`ffmpeg -tls_verify 0`), so the CA is not kept."""
+    try:
+        import trustme
+    except ImportError as err:  # the bench venv installs it from bench/requirements.txt
+        raise RuntimeError("trustme is needed for the RTMPS figures (pip install trustme)") from err
+    issued = trustme.CA().issue_cert("127.0.0.1", "localhost")
+    files = TLSFiles(folder / "cert.pem", folder / "key.pem")
+    files.cert.write_bytes(b"".join(pem.bytes() for pem in issued.cert_chain_pems))
+    files.key.write_bytes(issued.private_key_pem.bytes())
+    return files
+
+
+@dataclass(frozen=True)
 class ServerSpec:
     name: str
     can_play: Callable[[], bool]
@@ -124,13 +153,22 @@ class ServerSpec:
     env: Callable[[], dict[str, str]] = dict
     available: Callable[[], str | None] = lambda: None
     """None when it can run here, else why not."""
+    rtmps_command: Callable[[Path, int, Path, TLSFiles], list[str]] | None = None
+    """(work dir, port, record dir, certificate) -> argv of the server with one RTMPS listener
+    on 127.0.0.1:port instead of its plain one; None: no RTMPS (see `no_rtmps`)."""
+    no_rtmps: str = "no RTMPS listener of its own"
 
-    def start(self, work: Path, startup_timeout: float = 20.0) -> Running:
+    def start(self, work: Path, startup_timeout: float = 20.0, tls: bool = False) -> Running:
         work.mkdir(parents=True, exist_ok=True)
         rec = work / "rec"
         rec.mkdir(exist_ok=True)
         port = procs.free_port()
-        argv = self.command(work, port, rec)
+        if tls:
+            if self.rtmps_command is None:
+                raise RuntimeError(f"{self.name}: {self.no_rtmps}")
+            argv = self.rtmps_command(work, port, rec, make_tls_files(work))
+        else:
+            argv = self.command(work, port, rec)
         log = work / "server.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
@@ -141,7 +179,7 @@ class ServerSpec:
                 cwd=work,
                 env={**os.environ, **self.env()},
             )
-        running = Running(self.name, proc, port, rec, log)
+        running = Running(self.name, proc, port, rec, log, "rtmps" if tls else "rtmp")
         if not procs.wait_port(port, startup_timeout) or not running.alive():
             running.stop()
             tail = log.read_text(errors="replace")[-2000:]
@@ -186,20 +224,43 @@ def _pyrtmp(work: Path, port: int, rec: Path) -> list[str]:
     ]
 
 
-def ours_args(port: int, rec: Path) -> list[str]:
-    """rtmp2-server's arguments for a bench run: loopback, `port`, recording to `rec`."""
-    host = ["--host", "127.0.0.1", "--port", str(port)]
-    return [*host, "--record-dir", str(rec), "--log-level", "warning"]
+def ours_args(port: int, rec: Path, tls: TLSFiles | None = None) -> list[str]:
+    """rtmp2-server's arguments for a bench run: loopback, `port`, recording to `rec`; with
+    `tls`, the one listener is rtmps://127.0.0.1:port on that certificate."""
+    if tls is None:
+        listen = ["--host", "127.0.0.1", "--port", str(port)]
+    else:
+        listen = [
+            *("--listen", f"rtmps://127.0.0.1:{port}"),
+            *("--tls-cert", str(tls.cert), "--tls-key", str(tls.key)),
+        ]
+    return [*listen, "--record-dir", str(rec), "--log-level", "warning"]
+
+
+def _ours_argv(uvloop: bool, args: list[str]) -> list[str]:
+    if uvloop:
+        return [sys.executable, "-m", "rtmp2server", *args]
+    return [sys.executable, "-c", _BLOCK_UVLOOP, *args]
 
 
 def _ours(uvloop: bool) -> Callable[[Path, int, Path], list[str]]:
     def command(work: Path, port: int, rec: Path) -> list[str]:
-        args = ours_args(port, rec)
-        if uvloop:
-            return [sys.executable, "-m", "rtmp2server", *args]
-        return [sys.executable, "-c", _BLOCK_UVLOOP, *args]
+        return _ours_argv(uvloop, ours_args(port, rec))
 
     return command
+
+
+def _ours_rtmps(uvloop: bool) -> Callable[[Path, int, Path, TLSFiles], list[str]]:
+    def command(work: Path, port: int, rec: Path, tls: TLSFiles) -> list[str]:
+        return _ours_argv(uvloop, ours_args(port, rec, tls))
+
+    return command
+
+
+def ours_has_rtmps(src: Path = REPO / "src") -> bool:
+    """Whether the server in `src` has RTMPS listeners (older revisions of `ours@REV` do not)."""
+    config = src / "rtmp2server" / "config.py"
+    return config.exists() and '"rtmps"' in config.read_text()
 
 
 def _ours_env(src: Path = REPO / "src") -> dict[str, str]:
@@ -232,7 +293,14 @@ def ours_at(name: str) -> ServerSpec:
         src.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(["tar", "-x", "-C", str(src.parent)], input=archive, check=True)
 
-    return ServerSpec(name, lambda: ours_can_play(src), _ours(uvloop), env=lambda: _ours_env(src))
+    return ServerSpec(
+        name,
+        lambda: ours_can_play(src),
+        _ours(uvloop),
+        env=lambda: _ours_env(src),
+        rtmps_command=_ours_rtmps(uvloop) if ours_has_rtmps(src) else None,
+        no_rtmps=f"{sha} has no RTMPS listener",
+    )
 
 
 def spec(name: str) -> ServerSpec:
@@ -257,15 +325,36 @@ SERVERS: dict[str, ServerSpec] = {
     spec.name: spec
     for spec in (
         ServerSpec(
-            "nginx-rtmp", lambda: True, _nginx, available=_have(NGINX_MODULE, "libnginx-mod-rtmp")
+            "nginx-rtmp",
+            lambda: True,
+            _nginx,
+            available=_have(NGINX_MODULE, "libnginx-mod-rtmp"),
+            no_rtmps="nginx-rtmp has no RTMPS of its own",
         ),
         ServerSpec(
-            "node-media-server", lambda: True, _nms, available=_have(NMS_APP, "node-media-server")
+            "node-media-server",
+            lambda: True,
+            _nms,
+            available=_have(NMS_APP, "node-media-server"),
+            no_rtmps="its RTMPS listener is not set up by the bench",
         ),
-        ServerSpec("pyrtmp", lambda: False, _pyrtmp, available=_have(VENV_PY, "the bench venv")),
-        ServerSpec("ours", ours_can_play, _ours(False), env=_ours_env),
         ServerSpec(
-            "ours+uvloop", ours_can_play, _ours(True), env=_ours_env, available=_uvloop_available
+            "pyrtmp",
+            lambda: False,
+            _pyrtmp,
+            available=_have(VENV_PY, "the bench venv"),
+            no_rtmps="pyrtmp has no RTMPS",
+        ),
+        ServerSpec(
+            "ours", ours_can_play, _ours(False), env=_ours_env, rtmps_command=_ours_rtmps(False)
+        ),
+        ServerSpec(
+            "ours+uvloop",
+            ours_can_play,
+            _ours(True),
+            env=_ours_env,
+            available=_uvloop_available,
+            rtmps_command=_ours_rtmps(True),
         ),
     )
 }
