@@ -538,23 +538,24 @@ class Key:
         """The value of a flag's text, checked; ConfigError names the flag."""
         value: Any = text
         try:
-            if self.kind == "int":
+            number = _NUMBER_TEXT.get(self.kind)
+            if number is not None:
+                convert, what = number
                 try:
-                    value = int(text)
+                    value = convert(text)
                 except ValueError:
                     raise ConfigError(
-                        self.flag, f"got {_show(text)} (not an integer)", self.accepted()
-                    ) from None
-            elif self.kind == "float":
-                try:
-                    value = float(text)
-                except ValueError:
-                    raise ConfigError(
-                        self.flag, f"got {_show(text)} (not a number)", self.accepted()
+                        self.flag, f"got {_show(text)} ({what})", self.accepted()
                     ) from None
             return self.check(value)
         except ConfigError as err:
             raise ConfigError(self.flag, err.given, err.accepted) from None
+
+
+_NUMBER_TEXT: Final[dict[str, tuple[Callable[[str], Any], str]]] = {
+    "int": (int, "not an integer"),
+    "float": (float, "not a number"),
+}
 
 
 def _field_docs(cls: type) -> dict[str, str]:

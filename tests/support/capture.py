@@ -30,6 +30,7 @@ from pathlib import Path
 from .clients import Publisher, publish_command
 from .media import SourceMedia
 from .probe import av_counts
+from .proxy import cut, stop_accepting
 from .server import running_server
 
 RTMPDUMP = shutil.which("rtmpdump") or "rtmpdump"
@@ -134,19 +135,8 @@ class CaptureProxy:
 
     def close(self) -> None:
         self._closed = True
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)
-        self._listener.close()
-        self._accepter.join(5)
-        with self._lock:
-            sockets = list(self._sockets)
-        for s in sockets:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-        for t in list(self._threads):
-            t.join(5)
-        for s in sockets:
-            s.close()
+        stop_accepting(self._listener, self._accepter)
+        cut(self._lock, self._sockets, self._threads)
 
     def wait_done(self, timeout: float = 10.0) -> bool:
         """Wait until every client connection so far has closed its side."""

@@ -17,6 +17,7 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -72,20 +73,9 @@ class ResplitProxy:
         """Stop accepting, let each connection forward what its client already sent (up to
         `grace` seconds in all), then cut whatever is left."""
         self._closed = True
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)
-        self._listener.close()
-        self._accepter.join(5)
+        stop_accepting(self._listener, self._accepter)
         self.wait_forwarded(grace)
-        with self._lock:
-            sockets = list(self._sockets)
-        for s in sockets:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-        for t in list(self._threads):
-            t.join(5)
-        for s in sockets:
-            s.close()
+        cut(self._lock, self._sockets, self._threads)
 
     def wait_forwarded(self, timeout: float = 10.0) -> bool:
         """Wait until every client that closed has had all its bytes passed on to the server."""
@@ -180,3 +170,26 @@ class ResplitProxy:
                 dst.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
+
+
+def stop_accepting(listener: socket.socket, accepter: threading.Thread) -> None:
+    """Close a proxy's listening socket and wait for its accept thread."""
+    with contextlib.suppress(OSError):
+        listener.shutdown(socket.SHUT_RDWR)
+    listener.close()
+    accepter.join(5)
+
+
+def cut(
+    lock: threading.Lock, sockets: Iterable[socket.socket], threads: Iterable[threading.Thread]
+) -> None:
+    """Shut every socket of a proxy, wait for its threads, then close the sockets."""
+    with lock:
+        open_sockets = list(sockets)
+    for s in open_sockets:
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)
+    for t in list(threads):
+        t.join(5)
+    for s in open_sockets:
+        s.close()
