@@ -466,3 +466,18 @@ def test_a_request_withdrawn_in_an_earlier_read_cannot_be_answered() -> None:
     p.pump()  # a later read
     with pytest.raises(LocalProtocolError, match="already answered or withdrawn"):
         p.server.accept_publish(req)
+
+
+def test_the_protocol_core_loads_no_asyncio() -> None:
+    """The sans-IO promise, checked in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, rtmp2server.protocol.connection, rtmp2server.protocol.chunk\n"
+        "import rtmp2server.protocol.flvdemux\n"
+        "bad = [m for m in ('asyncio', 'rtmp2server.server', 'socket') if m in sys.modules]\n"
+        "print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
