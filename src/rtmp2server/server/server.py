@@ -91,10 +91,9 @@ class Session(asyncio.BufferedProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self.closed = False
         self.close_reason: str | None = None  # why we closed it, when we did
-        self._eof = False
-        # Per-connection extension point: players attach their state here (relay).
         self._tasks: set[asyncio.Future[None]] = set()  # access decisions of plays
         self._connect_decision: asyncio.Future[Decision] | None = None
+        # Per-connection extension point: players attach their state here (relay).
         self.on_close: list[Callable[[Session], None]] = []
         self.on_event: list[Callable[[Session, Any], None]] = []
 
@@ -176,7 +175,6 @@ class Session(asyncio.BufferedProtocol):
             target.deliver_all(run)
 
     def eof_received(self) -> bool | None:
-        self._eof = True
         return None  # close the transport; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -187,7 +185,7 @@ class Session(asyncio.BufferedProtocol):
             self.closed = True
             return  # refused at accept: it never started
         self.closed = True
-        why = self.close_reason or _lost_reason(exc, self._eof)
+        why = self.close_reason or _lost_reason(exc)
         for task in list(self._tasks):
             task.cancel()
         if self._connect_decision is not None:
@@ -670,7 +668,7 @@ def raise_fd_limit() -> tuple[int, int]:
     return soft, hard
 
 
-def _lost_reason(exc: Exception | None, eof: bool) -> str:
+def _lost_reason(exc: Exception | None) -> str:
     """The stop reason of a connection we did not close ourselves."""
     if exc is None:
         return "closed by the peer"
