@@ -633,3 +633,19 @@ def test_budget_exceeding_peer_beside_a_good_publisher(
     log_text = server.log()
     assert "expected at most" in log_text and "closing the connection" in log_text
     assert "Traceback" not in log_text
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("client", ["ffmpeg-debian", "ffmpeg-9"])
+def test_a_normal_ffmpeg_end_is_not_logged_as_a_reset(
+    tmp_path: Path, source: SourceMedia, client: str
+) -> None:
+    """ffmpeg sends FCUnpublish and deleteStream and closes at once; our answers then make
+    its kernel reset the connection, which may discard the unread deleteStream. The stop
+    reason was "connection lost: [Errno 104] ..." for a perfectly normal end."""
+    with running_server(tmp_path / "rec", tmp_path / "log") as server:
+        for i in range(4):
+            result = publish(client, source.path, server.url(f"end{i}"), timeout=30)
+            assert result.returncode == 0, result.stdout
+            line = server.wait_publish("stop", f"end{i}")
+            assert line.endswith(("(deleteStream)", "(FCUnpublish)")), line

@@ -159,6 +159,7 @@ class ServerConnection:
         # What the client announced of Enhanced RTMP in connect (fourCcList, capsEx, ...).
         self.capabilities = enhanced.NO_CAPABILITIES
         self.stream_states: dict[int, StreamState] = {}
+        self.unpublished: set[str] = set()  # stream names FCUnpublish announced the end of
         # The latest request of each stream that awaits its answer; every request not answered
         # yet (`_open`); those withdrawn or replaced during the current read (`_stale`), which
         # may be answered until the next read.
@@ -617,7 +618,11 @@ class ServerConnection:
         if tid:
             self.send_command(0, "_result", tid, None, amf0.UNDEFINED)
         # FCUnpublish arrives on stream 0 and names the stream; ffmpeg and OBS follow it
-        # with deleteStream, which is what ends the publish. Nothing else to do here.
+        # with deleteStream, which is what ends the publish. It is remembered: ffmpeg closes
+        # its socket at once, and our answers arriving after that make its kernel reset the
+        # connection, which can discard the deleteStream still unread here. The owner then
+        # knows the end was announced.
+        self.unpublished.add(split_query(name)[0])
 
     def _cmd_publish(
         self, tid: float, cmd_obj: Any, args: list[Any], sid: int, items: list[ReceivedItem]

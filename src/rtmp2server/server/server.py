@@ -84,6 +84,7 @@ class Session(asyncio.BufferedProtocol):
         self.ip = ""
         self.published: dict[int, Stream] = {}
         self.pending: dict[int, _PendingPublish] = {}  # publishes whose answer is awaited
+        self._requested: dict[int, str] = {}  # the name each publish asked for (maybe a key)
         self.id = next(server._ids)
         self.accepted_at = time.monotonic()
         self.last_message = self.accepted_at
@@ -193,7 +194,8 @@ class Session(asyncio.BufferedProtocol):
         for sid in list(self.pending):
             self._drop_pending(sid, why)
         for sid in list(self.published):
-            self._end_publish(sid, why)
+            announced = self._requested.get(sid) in self.conn.unpublished
+            self._end_publish(sid, "FCUnpublish" if announced and not self.close_reason else why)
         for callback in self.on_close:
             try:
                 callback(self)
@@ -508,6 +510,7 @@ class Session(asyncio.BufferedProtocol):
         # permission) never takes the name over from the one that has it.
         registry.claim(stream)
         self.published[req.stream_id] = stream
+        self._requested[req.stream_id] = req.name
         conn.accept_publish(req)
         log.info(
             "publish start: peer=%s app=%s stream=%s%s flashVer=%s",
