@@ -828,6 +828,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _metavar(key: Key) -> str:
     if key.choices:
         return "{" + ",".join(key.choices) + "}"
+    if key.name.startswith("on_") or key.name == "webhook":
+        return "URL"
+    if key.name.endswith("secret"):
+        return "SECRET"
     # Every float key is a time in seconds.
     return {"int": "N", "float": "SECONDS", "path": "PATH"}.get(key.kind, key.name.upper())
 
