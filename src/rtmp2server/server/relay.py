@@ -114,6 +114,7 @@ class Player:
     __slots__ = (
         "audio",
         "audio_frames",
+        "bytes_out",
         "channel",
         "chunk_size",
         "conn",
@@ -177,6 +178,7 @@ class Player:
         self.data_messages = 0
         self.dropped = 0
         self.skips = 0
+        self.bytes_out = 0  # media bytes queued to it (the HTTP API's bytes out)
 
     def regate(self) -> None:
         self.gated = (
@@ -636,6 +638,7 @@ class Channel:
             if data is None:
                 continue
             p.send_raw(data)
+            p.bytes_out += len(data)
             if is_video:
                 p.video_frames += 1
             else:

@@ -14,6 +14,7 @@ connection too.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import socket
@@ -532,6 +533,7 @@ class Session(asyncio.BufferedProtocol):
         `close`, the connection closes soon after (OBS and rtmp2sink then show the failure
         instead of waiting)."""
         self.server.registry.release(stream)
+        self.server.refusal_counts["publish"] += 1
         log.warning(
             "peer %s: publish %s/%s refused: %s", self.peer, stream.app, stream.name, reason
         )
@@ -717,6 +719,9 @@ class RTMPServer:
         # Connections refused at accept since the last log line of that kind, and when that
         # line was written: at most one line a second for each kind.
         self._refused: dict[str, tuple[int, float]] = {}
+        # Refusals since the start, by kind (the HTTP side's metrics read them).
+        self.refusal_counts: collections.Counter[str] = collections.Counter()
+        self.http: Any = None  # the HTTP side (`http.server.HttpServer`), when config.http
         # One receive buffer for all sessions: a read is copied out of it before the next.
         self._read_view = memoryview(bytearray(READ_SIZE))
 
@@ -807,6 +812,7 @@ class RTMPServer:
             self._sessions.add(session)
             self._per_ip[session.ip] = per_ip + 1
             return None
+        self.refusal_counts["max_connections" if kind == "total" else "max_connections_per_ip"] += 1
         count, logged = self._refused.get(kind, (0, 0.0))
         now = time.monotonic()
         if now - logged >= 1.0:
@@ -872,6 +878,19 @@ class RTMPServer:
             raise
         # The listeners stand in for the one asyncio.Server that the rest of this class uses
         # (close, wait_closed, serve_forever, sockets): they answer for all of them.
+        if self.config.http:
+            # Imported here: the HTTP side is a front-end on top of this module.
+            from ..http.server import HttpServer
+
+            http = HttpServer(self)
+            try:
+                await http.start()
+            except BaseException:
+                await http.close()
+                listeners.close()
+                await listeners.wait_closed()
+                raise
+            self.http = http
         self._server = cast(asyncio.Server, listeners)
         for url in listeners.urls():
             log.info("listening on %s", url)
@@ -921,6 +940,9 @@ class RTMPServer:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        if self.http is not None:
+            http, self.http = self.http, None
+            await http.close()
         await self.access.close()
         await self.webhooks.close()
 
