@@ -341,14 +341,14 @@ class StreamStats:
         return (count - 1) * 1000 / span
 
     def realtime_ratio(self) -> float | None:
-        """Media time against wall time over the window; None before a second of both."""
+        """Media time against wall time over the window; None before half a second of both."""
         now = self.clock()
         media_now = self.media_time()
         for when, _bi, _bo, media_then in self.samples:
             if media_then is None or now - when > WINDOW + 0.5:
                 continue
             span = now - when
-            if span < 1.0 or media_now is None:
+            if span < 0.5 or media_now is None:
                 return None
             return ((media_now - media_then) & _MASK) / 1000 / span
         return None
