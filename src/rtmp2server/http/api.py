@@ -124,7 +124,7 @@ def player_json(p: Any) -> dict[str, Any]:
     return {
         "client_id": session.id,
         "peer": p.peer,
-        "protocol": "rtmp",
+        "protocol": getattr(session, "protocol", "rtmp"),
         "joined": time.time() - (time.monotonic() - p.joined),
         "video_frames": p.video_frames,
         "audio_frames": p.audio_frames,

@@ -3,7 +3,8 @@
 This module owns the listener's life (started and stopped with the RTMP server), the bearer
 token check, and the per-stream statistics: a `StreamStats` sink is attached to every publish
 when it starts (a registry observer) and forgotten when it stops, so the API and the metrics
-only ever see live streams. The routes themselves are in `api.py` and `metrics.py`.
+only ever see live streams. The routes themselves are in `api.py`, `metrics.py` and `flv.py`
+(HTTP-FLV playback).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class HttpServer:
         self.rtmp = rtmp
         self.stats: dict[StreamKey, StreamStats] = {}
         self._runner: web.AppRunner | None = None
+        self._app: web.Application | None = None
         self.address: tuple[str, int] | None = None
         self.refused_requests = 0
         rtmp.registry.on_start.append(self._on_start)
@@ -79,18 +81,21 @@ class HttpServer:
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def application(self) -> web.Application:
-        from . import api, metrics
+        from . import api, flv, metrics
 
         app = web.Application(middlewares=[self._auth])
         app[SIDE] = self
         api.add_routes(app)
         metrics.add_routes(app, self)
+        # Last: the API's paths are matched first.
+        app.router.add_get("/{app}/{name}.flv", flv.play_flv)
         return app
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         token = self.rtmp.config.api_token
-        if token and request.path not in _PUBLIC:
+        # HTTP-FLV is governed by the play rules (a token in the query), as RTMP play is.
+        if token and request.path not in _PUBLIC and not request.path.endswith(".flv"):
             given = request.headers.get("Authorization", "")
             scheme, _, value = given.partition(" ")
             ok = scheme.lower() == "bearer" and hmac.compare_digest(
@@ -115,7 +120,10 @@ class HttpServer:
     async def start(self) -> None:
         """Listen on `config.http` (ConfigError was raised by validate for a bad value)."""
         host, port = http_address(self.rtmp.config.http)
-        runner = web.AppRunner(self.application(), access_log=None, handle_signals=False)
+        self._app = self.application()
+        runner = web.AppRunner(
+            self._app, access_log=None, handle_signals=False, shutdown_timeout=5.0
+        )
         await runner.setup()
         try:
             site = web.TCPSite(runner, host, port, reuse_address=True)
@@ -129,6 +137,12 @@ class HttpServer:
         log.info("HTTP API on %s", self.url)
 
     async def close(self) -> None:
+        from .flv import PLAYERS
+
+        # HTTP-FLV responses end first: aiohttp's shutdown waits for running handlers.
+        for player in list(PLAYERS):
+            if player.request.app is self._app:
+                player.end()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()

@@ -1,0 +1,170 @@
+"""HTTP-FLV playback end to end: ffmpeg plays `http://HOST:PORT/live/NAME.flv`.
+
+A real ffmpeg publishes over RTMP, a real ffmpeg plays over HTTP (`-c copy` into a file); what
+it received must be the recording's frames from a keyframe on to the end, bit-exact, as for
+RTMP players (`test_e2e_play.assert_suffix_from_keyframe`). The play access rules apply: a
+play key in the query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import subprocess
+from pathlib import Path
+
+import pytest
+from aiohttp import ClientSession
+
+from rtmp2server.config import RelayConfig
+from rtmp2server.server import RTMPServer, ServerConfig
+from rtmp2server.server.access import AccessConfig, AppAccess, Rule
+from support.clients import FFMPEG_DEBIAN, Publisher
+from test_e2e_play import assert_suffix_from_keyframe, make_source, media_dir  # noqa: F401
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+TOKEN = "play-t0ken"
+
+
+def config(tmp_path: Path, **kw: object) -> ServerConfig:
+    return ServerConfig(
+        host="127.0.0.1",
+        port=0,
+        record_dir=tmp_path / "rec",
+        http="127.0.0.1:0",
+        # The play ends (Stream EOF: the response ends) as soon as the publish does.
+        relay=RelayConfig(republish_grace=0),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def publisher(src: Path, url: str) -> Publisher:
+    return Publisher(
+        [
+            FFMPEG_DEBIAN,
+            "-hide_banner",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-re",
+            "-i",
+            str(src),
+            "-c",
+            "copy",
+            "-f",
+            "flv",
+            url,
+        ]
+    )
+
+
+def http_player(url: str, out: Path) -> Publisher:
+    return Publisher(
+        [
+            FFMPEG_DEBIAN,
+            "-hide_banner",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-y",
+            "-i",
+            url,
+            "-c",
+            "copy",
+            "-f",
+            "flv",
+            str(out),
+        ]
+    )
+
+
+async def wait_until(pred: object, timeout: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():  # type: ignore[operator]
+        if loop.time() > deadline:
+            raise TimeoutError
+        await asyncio.sleep(0.1)
+
+
+def test_ffmpeg_plays_http_flv_bit_exact_from_the_join_keyframe(
+    tmp_path: Path,
+    media_dir: Path,  # noqa: F811
+) -> None:
+    src = make_source(media_dir, "h264-aac-gop1s")
+    received = tmp_path / "received.flv"
+
+    async def main() -> Path:
+        async with RTMPServer(config(tmp_path)) as server:
+            assert server.http is not None
+            pub = publisher(src, f"rtmp://127.0.0.1:{server.port}/live/x")
+            try:
+                await wait_until(lambda: server.registry.get("live", "x") is not None)
+                await asyncio.sleep(1.5)  # join mid-stream: from the GOP cache
+                stream = server.registry.get("live", "x")
+                assert stream is not None
+                recorder = next(s for s in stream.sinks if hasattr(s, "path"))
+                recording = Path(recorder.path)
+                play = http_player(f"{server.http.url}/live/x.flv", received)
+                async with ClientSession() as http:
+                    await wait_until(lambda: server.relay is not None and server.relay.players())
+                    async with http.get(f"{server.http.url}/api/v1/streams/live/x") as r:
+                        [p] = (await r.json())["players"]
+                        assert p["protocol"] == "http-flv"
+                await asyncio.to_thread(pub.wait, 30)
+                result = await asyncio.to_thread(play.wait, 30)
+                assert result.returncode == 0, result.stdout
+            finally:
+                pub.kill()
+            return recording
+
+    recording = asyncio.run(main())
+    joined = assert_suffix_from_keyframe(received, recording)
+    assert joined.video_from > 0  # it joined mid-stream, not from the first frame
+    probe = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name,width,height",
+            str(received),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "h264" in probe.stdout and "width=320" in probe.stdout
+
+
+def test_http_flv_follows_the_play_rules(tmp_path: Path, media_dir: Path) -> None:  # noqa: F811
+    src = make_source(media_dir, "h264-aac-gop1s")
+    digest = "sha256:" + hashlib.sha256(TOKEN.encode()).hexdigest()
+    access = AccessConfig(default=AppAccess(play=Rule("key"), play_keys=[digest]))
+
+    async def main() -> None:
+        async with RTMPServer(config(tmp_path, access=access, api_token="api")) as server:
+            assert server.http is not None
+            base = server.http.url
+            pub = publisher(src, f"rtmp://127.0.0.1:{server.port}/live/k")
+            try:
+                async with ClientSession() as http:
+                    async with http.get(f"{base}/live/nothing.flv?token={TOKEN}") as r:
+                        assert r.status == 404
+                    await wait_until(lambda: server.registry.get("live", "k") is not None)
+                    for query in ("", "?token=wrong"):
+                        async with http.get(f"{base}/live/k.flv{query}") as r:
+                            assert r.status == 403
+                    # The API token is not what HTTP-FLV asks for: the play key is.
+                    async with http.get(f"{base}/live/k.flv?token={TOKEN}") as r:
+                        assert r.status == 200
+                        assert r.headers["Content-Type"] == "video/x-flv"
+                        head = await r.content.readexactly(13)
+                        assert head[:3] == b"FLV"
+                        tag = await r.content.readexactly(11)
+                        assert tag[0] in (8, 9, 18)
+            finally:
+                pub.kill()
+
+    asyncio.run(main())
