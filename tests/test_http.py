@@ -315,13 +315,29 @@ def _exited(proc: Publisher) -> Callable[[], Awaitable[bool]]:
     return done
 
 
-def test_hevc_opus_from_ffmpeg9(tmp_path: Path, media_dir: Path) -> None:  # noqa: F811
-    src = make_source(media_dir, "hevc-opus")
+@pytest.mark.parametrize(
+    ("name", "video", "audio"),
+    [
+        ("hevc-opus", "hvc1", ("Opus", 48000, 1)),
+        ("av1-flac", "av01", ("fLaC", 48000, 1)),
+        ("vp9-ac3", "vp09", ("ac-3", 48000, 1)),
+    ],
+)
+def test_enhanced_rtmp_codecs_from_ffmpeg9(
+    tmp_path: Path,
+    media_dir: Path,  # noqa: F811
+    name: str,
+    video: str,
+    audio: tuple[str, int, int],
+) -> None:
+    """ffmpeg 9 publishes E-RTMP: the tracks are read from its sequence headers (for VP9 the
+    size from its first keyframe, for AC-3 the rate from its first frame)."""
+    src = make_source(media_dir, name)
 
     async def main() -> None:
         async with RTMPServer(http_config(tmp_path)) as server:
             assert server.http is not None
-            pub = looping(ffmpeg9(), src, f"rtmp://127.0.0.1:{server.port}/live/hevc")
+            pub = looping(ffmpeg9(), src, f"rtmp://127.0.0.1:{server.port}/live/{name}")
             try:
                 async with ClientSession() as http:
                     api = Api(http, server.http.url)
@@ -333,13 +349,14 @@ def test_hevc_opus_from_ffmpeg9(tmp_path: Path, media_dir: Path) -> None:  # noq
 
                     await until(live)
                     await asyncio.sleep(4)
-                    s = await api.get("/api/v1/streams/live/hevc")
+                    s = await api.get(f"/api/v1/streams/live/{name}")
                     check(s, "/api/v1/streams/{app}/{name}")
                     tracks = {t["kind"]: t for t in s["tracks"]}
                     v, a = tracks["video"], tracks["audio"]
-                    assert (v["codec"], v["width"], v["height"]) == ("hvc1", 320, 240)
-                    assert v["profile"] and v["level"]
-                    assert (a["codec"], a["sample_rate"], a["channels"]) == ("Opus", 48000, 1)
+                    assert (v["codec"], v["width"], v["height"]) == (video, 320, 240)
+                    assert (a["codec"], a["sample_rate"], a["channels"]) == audio
+                    if video == "hvc1":
+                        assert v["profile"] and v["level"]
                     assert 29 <= s["health"]["fps"] <= 31, s["health"]
                     assert s["warnings"] == [], s["warnings"]
             finally:

@@ -63,7 +63,8 @@ class Track:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "track_id": self.track_id, "codec": self.codec}
         cfg = self.config
-        if isinstance(cfg, media.VideoConfig):
+        if self.kind == "video":
+            cfg = cfg if isinstance(cfg, media.VideoConfig) else media.VideoConfig(self.codec)
             out.update(
                 width=cfg.width,
                 height=cfg.height,
@@ -72,7 +73,8 @@ class Track:
                 level=cfg.level,
                 bit_depth=cfg.bit_depth,
             )
-        elif isinstance(cfg, media.AudioConfig):
+        elif self.kind == "audio":
+            cfg = cfg if isinstance(cfg, media.AudioConfig) else media.AudioConfig(self.codec)
             out.update(
                 sample_rate=cfg.rate,
                 channels=cfg.channels,
@@ -260,7 +262,10 @@ class StreamStats:
             config = len(p) > 1 and p[1] == 0
         else:
             config = False
-        if config or ("audio", 0) not in self.tracks:
+        track = self.tracks.get(("audio", 0))
+        # Until a track is configured its frames are looked at: AC-3 and E-AC-3 have no
+        # sequence header (ffmpeg 9 sends an empty one), their first frame says the rate.
+        if config or track is None or track.config is None:
             self._parse_audio(p)
             if config and not (fmt == 9 and b & 0x0F == 5):
                 self.config_messages += 1
@@ -280,7 +285,7 @@ class StreamStats:
                 if info.is_sequence_header:
                     if data:
                         config = media.audio_config(codec, data)
-                elif data and codec in ("ac-3", "ec-3") and key not in self.tracks:
+                elif data and codec in ("ac-3", "ec-3"):
                     config = media.ac3_config(data)
                 if config is not None:
                     self.tracks[key] = Track("audio", track.track_id, codec, config)
