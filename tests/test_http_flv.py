@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import socket
 import subprocess
 from pathlib import Path
 
@@ -20,7 +21,12 @@ from rtmp2server.config import RelayConfig
 from rtmp2server.server import RTMPServer, ServerConfig
 from rtmp2server.server.access import AccessConfig, AppAccess, Rule
 from support.clients import FFMPEG_DEBIAN, Publisher
-from test_e2e_play import assert_suffix_from_keyframe, make_source, media_dir  # noqa: F401
+from test_e2e_play import (  # noqa: F401  (media_dir: the fixture)
+    assert_suffix_from_keyframe,
+    make_source,
+    media_dir,
+    packet_hashes,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -168,3 +174,61 @@ def test_http_flv_follows_the_play_rules(tmp_path: Path, media_dir: Path) -> Non
                 pub.kill()
 
     asyncio.run(main())
+
+
+def test_a_stalled_http_player_drops_to_keyframes_and_nobody_else_waits(
+    tmp_path: Path,
+    media_dir: Path,  # noqa: F811
+) -> None:
+    """~10 Mbit/s to an HTTP-FLV client that never reads: it is cut back to keyframes (its
+    queue stays bounded), the API shows its dropped frames and warns; an ffmpeg HTTP player
+    beside it and the recording get everything."""
+    src = make_source(media_dir, "h264-heavy")
+    received = tmp_path / "received.flv"
+    cfg = config(tmp_path)
+    assert cfg.relay is not None
+    cfg.relay.player_max_buffer = 512 * 1024
+
+    async def main() -> tuple[Path, dict[str, object]]:
+        async with RTMPServer(cfg) as server:
+            assert server.http is not None and server.http.address is not None
+            host, port = server.http.address
+            stalled = socket.socket()
+            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+            pub = publisher(src, f"rtmp://127.0.0.1:{server.port}/live/heavy")
+            try:
+                await wait_until(lambda: server.registry.get("live", "heavy") is not None)
+                stream = server.registry.get("live", "heavy")
+                assert stream is not None
+                recording = Path(next(s for s in stream.sinks if hasattr(s, "path")).path)
+                play = http_player(f"{server.http.url}/live/heavy.flv", received)
+                stalled.connect((host, port))
+                stalled.sendall(b"GET /live/heavy.flv HTTP/1.1\r\nHost: x\r\n\r\n")
+                relay = server.relay
+                assert relay is not None
+                await wait_until(lambda: len(relay.players()) == 2)
+
+                await wait_until(lambda: any(p.skips for p in relay.players()))
+                await asyncio.sleep(1)
+                api = f"{server.http.url}/api/v1/streams/live/heavy"
+                async with ClientSession() as http, http.get(api) as r:
+                    body = await r.json()
+                await asyncio.to_thread(pub.wait, 40)
+                result = await asyncio.to_thread(play.wait, 30)
+                assert result.returncode == 0, result.stdout
+            finally:
+                pub.kill()
+                stalled.close()
+            return recording, body
+
+    recording, body = asyncio.run(main())
+    players = body["players"]
+    assert isinstance(players, list) and len(players) == 2
+    dropped = sorted(p["dropped_frames"] for p in players)
+    assert dropped[0] == 0 and dropped[1] > 0, players
+    warnings = body["warnings"]
+    assert isinstance(warnings, list)
+    assert any("dropped for slow players" in w for w in warnings), warnings
+    assert packet_hashes(recording) == packet_hashes(src)
+    joined = assert_suffix_from_keyframe(received, recording)
+    assert joined.video_from == 0  # it joined before the first frame and lost nothing
