@@ -21,12 +21,14 @@ from rtmp2server.config import RelayConfig
 from rtmp2server.server import RTMPServer, ServerConfig
 from rtmp2server.server.access import AccessConfig, AppAccess, Rule
 from support.clients import FFMPEG_DEBIAN, Publisher
+from support.media import SourceMedia
 from test_e2e_play import (  # noqa: F401  (media_dir: the fixture)
     assert_suffix_from_keyframe,
     make_source,
     media_dir,
     packet_hashes,
 )
+from test_http import check, looping, metric_samples
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -232,3 +234,48 @@ def test_a_stalled_http_player_drops_to_keyframes_and_nobody_else_waits(
     assert packet_hashes(recording) == packet_hashes(src)
     joined = assert_suffix_from_keyframe(received, recording)
     assert joined.video_from == 0  # it joined before the first frame and lost nothing
+
+
+def test_http_players_are_clients_bounded_and_kickable(
+    tmp_path: Path,
+    source: SourceMedia,
+) -> None:
+    async def main() -> None:
+        async with RTMPServer(config(tmp_path, max_connections_per_ip=2)) as server:
+            assert server.http is not None
+            base = server.http.url
+            pub = looping(FFMPEG_DEBIAN, source.path, f"rtmp://127.0.0.1:{server.port}/live/c")
+            play: Publisher | None = None
+            try:
+                await wait_until(lambda: server.registry.get("live", "c") is not None)
+                play = http_player(f"{base}/live/c.flv", tmp_path / "kicked.flv")
+                relay = server.relay
+                assert relay is not None
+                await wait_until(lambda: len(relay.players()) == 1)
+                async with ClientSession() as http:
+                    async with http.get(f"{base}/live/c.flv") as second:
+                        assert second.status == 200
+                        async with http.get(f"{base}/live/c.flv") as third:
+                            assert third.status == 503  # two from 127.0.0.1 at most
+                    await wait_until(lambda: len(relay.players()) == 1)
+                    async with http.get(f"{base}/api/v1/clients") as r:
+                        clients = await r.json()
+                    check(clients, "/api/v1/clients")
+                    [flv] = [c for c in clients["clients"] if c["protocol"] == "http-flv"]
+                    assert flv["playing"] == ["live/c"] and flv["state"] == "playing"
+                    async with http.get(f"{base}/metrics") as r:
+                        samples = metric_samples(await r.text())
+                    assert samples[("rtmp2_http_flv_players", ())] == 1
+                    async with http.delete(f"{base}/api/v1/clients/{flv['id']}") as r:
+                        assert r.status == 200
+                    await asyncio.to_thread(play.wait, 15)
+                    await wait_until(lambda: not relay.players())
+                    async with http.get(f"{base}/api/v1/clients") as r:
+                        left = (await r.json())["clients"]
+                    assert [c["protocol"] for c in left] == ["rtmp"]
+            finally:
+                pub.kill()
+                if play is not None:
+                    play.kill()
+
+    asyncio.run(main())

@@ -23,6 +23,7 @@ from .openapi import DOCUMENT
 
 if TYPE_CHECKING:
     from ..server.server import Session
+    from .flv import HTTPFLVPlayer
     from .server import HttpServer
 
 log = get_logger(__name__)
@@ -207,9 +208,24 @@ def _is_tls(session: Session) -> bool:
     return transport is not None and transport.get_extra_info("sslcontext") is not None
 
 
+def flv_client_json(side: HttpServer, player: HTTPFLVPlayer) -> dict[str, Any]:
+    app, name = player.request.match_info["app"], player.request.match_info["name"]
+    return {
+        "id": player.id,
+        "peer": player.peer,
+        "protocol": player.protocol,
+        "app": app,
+        "connected": player.connected,
+        "state": "playing",
+        "publishing": [],
+        "playing": [f"{app}/{name}"],
+    }
+
+
 async def clients(request: web.Request) -> web.Response:
     side = _side(request)
     body = [client_json(side, s) for s in sorted(side.rtmp.sessions, key=lambda s: s.id)]
+    body += [flv_client_json(side, p) for p in sorted(side.flv_players(), key=lambda p: p.id)]
     return web.json_response({"clients": body})
 
 
@@ -223,6 +239,12 @@ async def kick(request: web.Request) -> web.Response:
         if session.id == wanted:
             log.info("http %s: kicks client %d (peer=%s)", request.remote, wanted, session.peer)
             session.close("kicked through the HTTP API")
+            return web.json_response({"closed": str(wanted)})
+    for player in side.flv_players():
+        if player.id == wanted:
+            log.info("http %s: kicks HTTP-FLV client %d (peer=%s)", request.remote, wanted,
+                     player.peer)  # fmt: skip
+            player.kick()
             return web.json_response({"closed": str(wanted)})
     return _error(404, "no such client")
 

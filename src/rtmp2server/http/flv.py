@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -60,6 +61,7 @@ class HTTPFLVPlayer:
         self._queued = 0
         self._wake = asyncio.Event()
         self.ended = False
+        self.connected = time.time()
 
     # --- Output ------------------------------------------------------------------------
 
@@ -108,6 +110,13 @@ class HTTPFLVPlayer:
         self.ended = True
         self._wake.set()
 
+    def kick(self) -> None:
+        """End the play and close the connection (the API's kick)."""
+        self.end()
+        transport = self.request.transport
+        if transport is not None:
+            transport.close()
+
     async def run(self, response: web.StreamResponse) -> None:
         """Write what the relay queues until the play ends or the client leaves."""
         while True:
@@ -142,6 +151,14 @@ async def play_flv(request: web.Request) -> web.StreamResponse:
         return web.json_response({"error": "name too long"}, status=400)
     if relay is None:
         return web.json_response({"error": "play is off on this server"}, status=404)
+    # The connection bounds of RTMP hold for HTTP-FLV players too (counted apart).
+    players = side.flv_players()
+    per_ip = rtmp.config.max_connections_per_ip
+    if len(players) >= rtmp.config.max_connections or (
+        per_ip and sum(1 for q in players if q.ip == player.ip) >= per_ip
+    ):
+        log.warning("http %s: HTTP-FLV play refused: over the connection limit", player.peer)
+        return web.json_response({"error": "too many players"}, status=503)
     query = request.query_string
     for action in ("connect", "play"):
         decision = await rtmp.access.decide(

@@ -130,6 +130,15 @@ class ServerCollector(Collector):
         for reason, count in sorted(rtmp.refusal_counts.items()):
             refused.add_metric([reason], count)
         yield refused
+        hooks = CounterMetricFamily(
+            "rtmp2_webhook_events", "Webhook events, by outcome", labels=["outcome"]
+        )
+        for outcome in ("sent", "failed", "dropped"):
+            hooks.add_metric([outcome], getattr(rtmp.webhooks, outcome, 0))
+        yield hooks
+        yield GaugeMetricFamily(
+            "rtmp2_http_flv_players", "HTTP-FLV players", value=len(side.flv_players())
+        )
         yield CounterMetricFamily(
             "rtmp2_http_unauthorized_requests",
             "HTTP requests refused for a missing or wrong bearer token",

@@ -23,6 +23,7 @@ from .stats import StreamStats
 if TYPE_CHECKING:
     from ..server.relay import Player
     from ..server.server import RTMPServer
+    from .flv import HTTPFLVPlayer
 
 log = get_logger(__name__)
 
@@ -70,6 +71,12 @@ class HttpServer:
             return []
         channel = relay.channel(*key)
         return [] if channel is None else list(channel.players)
+
+    def flv_players(self) -> list[HTTPFLVPlayer]:
+        """This server's HTTP-FLV players."""
+        from .flv import PLAYERS
+
+        return [p for p in PLAYERS if self._app is not None and p.request.app is self._app]
 
     # --- the listener ------------------------------------------------------------------
 
@@ -137,12 +144,9 @@ class HttpServer:
         log.info("HTTP API on %s", self.url)
 
     async def close(self) -> None:
-        from .flv import PLAYERS
-
         # HTTP-FLV responses end first: aiohttp's shutdown waits for running handlers.
-        for player in list(PLAYERS):
-            if player.request.app is self._app:
-                player.end()
+        for player in self.flv_players():
+            player.end()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
