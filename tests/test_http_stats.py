@@ -13,10 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rtmp2server.http.stats import StreamStats
-from rtmp2server.protocol import flv
+from rtmp2server.protocol import enhanced, flv
 from rtmp2server.protocol.messages import AUDIO, VIDEO, Message
 from rtmp2server.server.registry import Stream
 from support.media import SourceMedia
+from test_e2e_play import make_source, media_dir  # noqa: F401  (the fixture)
 
 
 class Clock:
@@ -145,3 +146,35 @@ def test_arbitrary_sequence_headers_never_raise(body: bytes, first: int) -> None
     if first in fourccs:
         head = bytes([first & 0xF0]) + fourccs[first]
     _run([Message(6, 0, kind, 1, head + body)])
+
+
+@pytest.mark.parametrize("name", ["hevc-opus", "av1-flac", "vp9-ac3", "multitrack"])
+def test_cheap_counts_agree_with_the_full_classification(
+    name: str,
+    media_dir: Path,  # noqa: F811
+) -> None:
+    """The sink reads tag headers only; what it counts is what `classify_video` says of each
+    tag of ffmpeg 9's files (E-RTMP, multitrack included)."""
+    path = make_source(media_dir, name)
+    stats, _ = feed_tags(path)
+    _, tags, _ = flv.parse_flv(path.read_bytes())
+    coded = keys = 0
+    for tag in tags:
+        if tag.tag_type != VIDEO:
+            continue
+        info = enhanced.classify_video(tag.body)
+        if info.command is None and info.packet_type in (1, 3):
+            coded += 1
+            keys += info.is_keyframe
+    assert (stats.video_frames, stats.keyframes) == (coded, keys)
+    kinds = sorted((t.kind, t.track_id) for t in stats.tracks.values())
+    if name == "multitrack":
+        assert kinds == [("audio", 0), ("audio", 1), ("video", 0), ("video", 1)], kinds
+    else:
+        assert kinds == [("audio", 0), ("video", 0)]
+    for track in stats.tracks.values():
+        assert track.config is not None, track
+        if track.kind == "video":
+            assert (track.to_json()["width"], track.to_json()["height"]) == (320, 240), track
+        else:
+            assert track.to_json()["sample_rate"] == 48000, track

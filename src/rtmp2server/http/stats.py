@@ -181,9 +181,17 @@ class StreamStats:
                 return
         if frame_type == enhanced.FrameType.COMMAND:
             return
-        coded = packet_type in (1, 3, 6)
-        if not coded or self._wants_video(frame_type):
-            self._parse_video(p)
+        # Multitrack and ModEx wrap the real packet type: those are parsed to learn it (only
+        # E-RTMP multitrack streams pay for that, once per such message).
+        wrapped = packet_type in (6, 7)
+        coded = packet_type in (1, 3)
+        if wrapped or not coded or self._wants_video(frame_type):
+            info = self._parse_video(p)
+            if info is None:
+                return
+            if wrapped:
+                packet_type = info.packet_type
+                coded = packet_type in (1, 3)
         if not coded:
             return  # sequence start or end, metadata
         ts = msg.timestamp
@@ -209,7 +217,8 @@ class StreamStats:
             and (cfg is None or getattr(cfg, "width", None) is None)
         )
 
-    def _parse_video(self, p: bytes) -> None:
+    def _parse_video(self, p: bytes) -> enhanced.VideoInfo | None:
+        """Learn the tracks' configuration from `p`; its classification (None: not valid)."""
         try:
             info = enhanced.classify_video(p)
             for track in info.tracks:
@@ -244,10 +253,12 @@ class StreamStats:
                     self.tracks[key] = Track("video", track.track_id, track.codec, config)
                 elif key not in self.tracks:
                     self.tracks[key] = Track("video", track.track_id, track.codec)
-        except media.CodecConfigError as err:
-            self._bad("video", err)
         except enhanced.MediaError as err:
             self._bad("video", err)
+            return None
+        except media.CodecConfigError as err:
+            self._bad("video", err)
+        return info
 
     def _audio(self, msg: Message) -> None:
         p = msg.payload
