@@ -49,6 +49,8 @@ _MASK: Final = 0xFFFFFFFF
 _HALF: Final = 0x80000000
 # E-RTMP / legacy video: configuration-carrying packet types whose body is parsed.
 _LEGACY_CONFIG_CODECS: Final = frozenset({7, 12})  # AVC, HEVC (the FLV 10.1 + ffmpeg id)
+# Audio codecs whose configuration (a sequence header or, for AC-3, the first frame) is awaited.
+_AUDIO_CONFIGURED: Final = frozenset({"mp4a", "Opus", "fLaC", "ac-3", "ec-3"})
 
 
 @dataclass
@@ -144,6 +146,9 @@ class StreamStats:
         )
         self.next_sample = now + 1.0
         self.bad_logged = False
+        # Whether the default tracks are configured: coded frames then need no parsing.
+        self._video_ready = False
+        self._audio_ready = False
 
     # --- the sink ----------------------------------------------------------------------
 
@@ -185,7 +190,7 @@ class StreamStats:
         # E-RTMP multitrack streams pay for that, once per such message).
         wrapped = packet_type in (6, 7)
         coded = packet_type in (1, 3)
-        if wrapped or not coded or self._wants_video(frame_type):
+        if wrapped or not coded or (not self._video_ready and self._wants_video(frame_type)):
             info = self._parse_video(p)
             if info is None:
                 return
@@ -211,11 +216,10 @@ class StreamStats:
         if track is None:
             return True
         cfg = track.config
-        return (
-            track.codec == "vp09"
-            and frame_type == enhanced.FrameType.KEY
-            and (cfg is None or getattr(cfg, "width", None) is None)
-        )
+        if cfg is not None and (track.codec != "vp09" or getattr(cfg, "width", None)):
+            self._video_ready = True  # nothing more to learn from coded frames
+            return False
+        return track.codec == "vp09" and frame_type == enhanced.FrameType.KEY
 
     def _parse_video(self, p: bytes) -> enhanced.VideoInfo | None:
         """Learn the tracks' configuration from `p`; its classification (None: not valid)."""
@@ -273,10 +277,9 @@ class StreamStats:
             config = len(p) > 1 and p[1] == 0
         else:
             config = False
-        track = self.tracks.get(("audio", 0))
         # Until a track is configured its frames are looked at: AC-3 and E-AC-3 have no
         # sequence header (ffmpeg 9 sends an empty one), their first frame says the rate.
-        if config or track is None or track.config is None:
+        if config or not self._audio_ready:
             self._parse_audio(p)
             if config and not (fmt == 9 and b & 0x0F == 5):
                 self.config_messages += 1
@@ -306,6 +309,11 @@ class StreamStats:
             self._bad("audio", err)
         except enhanced.MediaError as err:
             self._bad("audio", err)
+        known = self.tracks.get(("audio", 0))
+        # Ready once configured, or for a codec whose frames say nothing more (PCM, MP3...).
+        self._audio_ready = known is not None and (
+            known.config is not None or known.codec not in _AUDIO_CONFIGURED
+        )
 
     def _bad(self, kind: str, err: Exception) -> None:
         if not self.bad_logged:  # the relay and the recorder log the stream's bad media
