@@ -9,7 +9,10 @@ against what the publisher sent (the source file's codec, size and frame rate).
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
+import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from rtmp2server.server import RTMPServer, ServerConfig
 from support.clients import FFMPEG_DEBIAN, Publisher, ffmpeg9
 from support.media import SourceMedia
 from support.probe import probe_errors
+from support.server import ServerProcess, free_port
 from test_config import assert_one_line_error, run_main
 from test_e2e_play import make_source, media_dir  # noqa: F401  (the fixture)
 
@@ -427,3 +431,41 @@ def test_long_keyframe_interval_is_warned(tmp_path: Path, media_dir: Path) -> No
                 pub.kill()
 
     asyncio.run(main())
+
+
+def test_http_section_of_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "server.toml"
+    path.write_text('[http]\nhttp = "[::1]:0"\napi_token = "t"\n')
+    resolved = config.resolve(path, {})
+    assert (resolved.config.http, resolved.config.api_token) == ("[::1]:0", "t")
+    assert config.http_address("[::1]:0") == ("::1", 0)
+    path.write_text('[http]\nhttp = "0.0.0.0:8080"\n')
+    with pytest.raises(config.ConfigError, match="api_token"):
+        config.resolve(path, {})
+
+
+def test_the_command_line_server_serves_http_and_exits_cleanly(tmp_path: Path) -> None:
+    """`rtmp2-server --http 127.0.0.1:PORT` as a user runs it: the API answers, SIGTERM ends
+    the process with 0."""
+    port = free_port()
+    server = ServerProcess(
+        tmp_path / "rec", tmp_path / "server.log", args=["--http", f"127.0.0.1:{port}"]
+    )
+    server.start()
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/api/v1/streams", timeout=2
+                ) as r:
+                    body = json.load(r)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        check(body, "/api/v1/streams")
+        assert f"HTTP API on http://127.0.0.1:{port}" in server.log()
+    finally:
+        assert server.stop() == 0, server.log()
