@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import socket
 import subprocess
 import time
 import urllib.request
@@ -472,3 +474,27 @@ def test_the_command_line_server_serves_http_and_exits_cleanly(tmp_path: Path) -
         assert f"HTTP API on http://127.0.0.1:{port}" in server.log()
     finally:
         assert server.stop() == 0, server.log()
+
+
+def test_an_http_address_in_use_is_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The HTTP port is taken: the process says so in one line and exits 1; nothing listens."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        rtmp_port = free_port()
+        argv = ["--host", "127.0.0.1", "--port", str(rtmp_port), "--no-record"]
+        handlers = list(logging.root.handlers)
+        try:
+            code, _, err = run_main([*argv, "--http", f"127.0.0.1:{port}"], capsys)
+        finally:  # main() configured logging to the captured stderr: undo that
+            for handler in logging.root.handlers[:]:
+                if handler not in handlers:
+                    logging.root.removeHandler(handler)
+    assert code == 1, err
+    lines = [ln for ln in err.splitlines() if "rtmp2-server:" in ln]
+    assert len(lines) == 1 and f"http 127.0.0.1:{port}" in lines[0], err
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", rtmp_port))  # the RTMP listener was closed again

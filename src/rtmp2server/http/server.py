@@ -135,6 +135,10 @@ class HttpServer:
         try:
             site = web.TCPSite(runner, host, port, reuse_address=True)
             await site.start()
+        except OSError as err:
+            await runner.cleanup()
+            # Named, so that "cannot listen on ..." says which listener failed.
+            raise OSError(err.errno, f"http {host}:{port}: {err.strerror or err}") from err
         except BaseException:
             await runner.cleanup()
             raise

@@ -21,7 +21,7 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from ..config import Listener, tls_context
 from ..config import RelayConfig as RelayConfig  # its old home: re-exported
@@ -36,6 +36,9 @@ from .recorder import Recorder, RecordingError
 from .registry import Republish, Stream, StreamRegistry
 from .relay import Relay
 from .webhooks import WebhookConfig, Webhooks
+
+if TYPE_CHECKING:
+    from ..http.server import HttpServer
 
 log = get_logger("rtmp2server")
 
@@ -721,7 +724,7 @@ class RTMPServer:
         self._refused: dict[str, tuple[int, float]] = {}
         # Refusals since the start, by kind (the HTTP side's metrics read them).
         self.refusal_counts: collections.Counter[str] = collections.Counter()
-        self.http: Any = None  # the HTTP side (`http.server.HttpServer`), when config.http
+        self.http: HttpServer | None = None  # the HTTP side, when config.http
         # One receive buffer for all sessions: a read is copied out of it before the next.
         self._read_view = memoryview(bytearray(READ_SIZE))
 
@@ -876,8 +879,6 @@ class RTMPServer:
             listeners.close()
             await listeners.wait_closed()
             raise
-        # The listeners stand in for the one asyncio.Server that the rest of this class uses
-        # (close, wait_closed, serve_forever, sockets): they answer for all of them.
         if self.config.http:
             # Imported here: the HTTP side is a front-end on top of this module.
             from ..http.server import HttpServer
@@ -891,6 +892,8 @@ class RTMPServer:
                 await listeners.wait_closed()
                 raise
             self.http = http
+        # The listeners stand in for the one asyncio.Server that the rest of this class uses
+        # (close, wait_closed, serve_forever, sockets): they answer for all of them.
         self._server = cast(asyncio.Server, listeners)
         for url in listeners.urls():
             log.info("listening on %s", url)
