@@ -304,6 +304,13 @@ class ServerConfig:
     """URL that signed JSON event notifications are POSTed to; empty: none."""
     webhook_secret: str = _key("webhook", "", kind="str", empty=True)
     """HMAC-SHA256 key of the webhooks' X-Rtmp2-Signature header."""
+    # [http]
+    http: str = _key("http", "", kind="str", empty=True, file_default="127.0.0.1:8080")
+    """HOST:PORT of the HTTP listener (JSON API, /metrics; IPv6 in brackets); empty: none
+    (the library's default; the command line's is 127.0.0.1:8080)."""
+    api_token: str = _key("http", "", kind="str", empty=True)
+    """Bearer token the HTTP API requires (Authorization: Bearer TOKEN); required when http
+    binds anything but a loopback address; empty: no token."""
     # [log]
     log_level: str = _key("log", "info", kind="str", choices=("debug", "info", "warning", "error"))
     """Log level."""
@@ -350,6 +357,7 @@ SECTIONS: Final = (
     "play",
     "access",
     "webhook",
+    "http",
     "log",
 )
 """The sections of the file, in the order --print-config writes them; then [apps.NAME]."""
@@ -743,6 +751,17 @@ def _check_together(config: ServerConfig) -> None:
                     "got callback, but no on_" + action + " URL is set",
                     f"on_{action} in [apps.{name}] or [access]",
                 )
+    if config.http:
+        try:
+            host, _port = http_address(config.http)
+        except ValueError as err:
+            raise ConfigError("http", f"got {_show(config.http)} ({err})", "HOST:PORT") from None
+        if not config.api_token and not _loopback(host):
+            raise ConfigError(
+                "api_token",
+                f"not set, and http binds {host}, not a loopback address",
+                "a token (--api-token), or http on 127.0.0.1",
+            )
     listeners = config.listeners()
     seen = set()
     for lst in listeners:
@@ -751,6 +770,36 @@ def _check_together(config: ServerConfig) -> None:
         seen.add((lst.host, lst.port))
     if any(lst.tls for lst in listeners):
         tls_context(config)
+
+
+def http_address(text: str) -> tuple[str, int]:
+    """The host and port of an `http` value ("127.0.0.1:8080", "[::1]:0"); ValueError says
+    why not."""
+    if text.startswith("["):
+        host, bracket, tail = text[1:].partition("]")
+        if not bracket or not tail.startswith(":"):
+            raise ValueError("bad [IPv6]:PORT")
+        port_text = tail[1:]
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon:
+            raise ValueError("no :PORT")
+        if ":" in host:
+            raise ValueError("an IPv6 address goes in brackets: [::1]:8080")
+    if not host:
+        raise ValueError("no host")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port {port_text!r} is not 0 to 65535")
+    return host, int(port_text)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def tls_context(config: ServerConfig) -> ssl.SSLContext:

@@ -28,6 +28,9 @@ def free_port() -> int:
 def server_command(
     port: int, record_dir: Path, host: str = "127.0.0.1", extra: Sequence[str] = ()
 ) -> list[str]:
+    # The HTTP listener is off unless a test asks for it (`--http 127.0.0.1:0` or a port):
+    # its default, 127.0.0.1:8080, would collide between servers run in parallel.
+    http = [] if any(a == "--http" or a.startswith("--http=") for a in extra) else ["--http", ""]
     return [
         sys.executable,
         "-m",
@@ -38,6 +41,7 @@ def server_command(
         str(port),
         "--record-dir",
         str(record_dir),
+        *http,
         *extra,
     ]
 

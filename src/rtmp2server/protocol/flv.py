@@ -5,16 +5,21 @@ PreviousTagSize0, and tags (11-byte header with the 24+8-bit extended timestamp,
 body, then the 4-byte PreviousTagSize). RTMP audio (8), video (9) and AMF0 data (18)
 messages map one to one onto FLV tags, so a tag body is an RTMP message payload unchanged.
 No I/O: the encoder returns what to write; writing files is `server.flvfile`'s business.
+`FLVFramer` makes one FLV stream per live publish (the GStreamer element's output), with a
+header whose audio/video flags match what the publisher really sends (onMetaData's codec ids,
+or the first media message and what is queued behind it).
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
+from . import amf0
 from .errors import RemoteProtocolError
+from .messages import AUDIO, DATA_AMF0, VIDEO, Message
 
 TAG_AUDIO = 8
 TAG_VIDEO = 9
@@ -206,3 +211,129 @@ def _iter_tags(data: bytes, pos: int) -> Iterator[Tag]:
             raise FLVError(f"FLV: PreviousTagSize {prev} at offset {end}, expected {size + 11}")
         yield Tag(tag_type, ts, bytes(data[pos + 11 : end]))
         pos = end + 4
+
+
+# ---------------------------------------------------------------------------------------------
+# FLV streams of live publishes (the GStreamer element's output)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One output buffer: the FLV header or one tag, with its place and time in the stream."""
+
+    data: bytes
+    offset: int  # byte offset in the current FLV stream (the header is at 0)
+    pts: int  # nanoseconds since the first message of the publish
+    header: bool = False  # the FLV file header (starts a fresh stream: discontinuity)
+    delta_unit: bool = False  # not a point a decoder can start from
+
+
+def metadata_flags(payload: bytes) -> tuple[bool, bool] | None:
+    """(audio, video) from an onMetaData body's audiocodecid/videocodecid, if it names them."""
+    try:
+        values = amf0.decode_all(payload)
+    except RemoteProtocolError:
+        return None
+    if len(values) < 2 or values[0] != "onMetaData" or not isinstance(values[1], dict):
+        return None
+    meta: dict[str, Any] = values[1]
+    present = [meta.get(k) not in (None, amf0.UNDEFINED, False) for k in _CODEC_KEYS]
+    if not any(k in meta for k in _CODEC_KEYS):
+        return None
+    return present[0], present[1]
+
+
+_CODEC_KEYS = ("audiocodecid", "videocodecid")
+_MAX_PENDING_DATA: Final = 16  # data messages held back waiting for the first media message
+
+
+class FLVFramer:
+    """One FLV stream per publish: the header once the flags are known, then a tag per message.
+
+    `start()` begins a publish, `push()` frames one message, `end()` closes the publish and
+    returns whatever was still held back. Tags are the messages unchanged (timestamp and
+    body); chunk times are the message timestamps relative to the first message of the
+    publish, unwrapped over the 32-bit RTMP clock, never negative.
+    """
+
+    def __init__(self) -> None:
+        self.streams = 0  # FLV streams begun (publishes seen)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._flags: tuple[bool, bool] | None = None
+        self._pending: list[tuple[Message, int]] = []
+        self._offset = 0
+        self._first: int | None = None
+        self._last = 0
+        self._clock = 0  # unwrapped milliseconds
+
+    def start(self) -> None:
+        self._reset()
+        self.streams += 1
+
+    def push(self, msg: Message, queued_types: Callable[[], set[int]] = set) -> list[Chunk]:
+        """Frame `msg`. `queued_types` tells which media types already wait behind it."""
+        pts = self._advance_clock(msg.timestamp)
+        if self._flags is not None:
+            return [self._tag(msg, pts)]
+        self._pending.append((msg, pts))
+        type_id = msg.type_id
+        if type_id == DATA_AMF0 and len(self._pending) < _MAX_PENDING_DATA:
+            self._flags = metadata_flags(msg.payload)
+            return self._release() if self._flags is not None else []
+        if type_id in (AUDIO, VIDEO):
+            seen = {type_id} | queued_types()
+            self._flags = (AUDIO in seen, VIDEO in seen)
+        else:
+            self._flags = (False, False)
+        return self._release()
+
+    def end(self) -> list[Chunk]:
+        """The publish is over: release held-back messages (with a header if any)."""
+        out: list[Chunk] = []
+        if self._flags is None and self._pending:
+            self._flags = (False, False)
+            out = self._release()
+        self._flags = None
+        return out
+
+    @property
+    def header_flags(self) -> tuple[bool, bool] | None:
+        """(audio, video) of the current stream's header, once decided."""
+        return self._flags
+
+    def _advance_clock(self, timestamp: int) -> int:
+        """Nanoseconds from the publish's first message to one stamped `timestamp`."""
+        if self._first is None:
+            self._first = self._clock = self._last = timestamp
+            return 0
+        delta = (timestamp - self._last) & 0xFFFFFFFF
+        if delta >= 0x80000000:
+            delta -= 0x100000000
+        self._clock += delta
+        self._last = timestamp
+        return max(0, self._clock - self._first) * 1_000_000
+
+    def _release(self) -> list[Chunk]:
+        assert self._flags is not None
+        audio, video = self._flags
+        out = [Chunk(file_header(audio=audio, video=video), 0, 0, header=True)]
+        self._offset = HEADER_SIZE + 4
+        pending, self._pending = self._pending, []
+        out += [self._tag(msg, pts) for msg, pts in pending]
+        return out
+
+    def _tag(self, msg: Message, pts: int) -> Chunk:
+        payload = msg.payload
+        type_id = msg.type_id
+        data = tag(type_id, msg.timestamp, payload)
+        if type_id == VIDEO:
+            # frame type 1 is a keyframe (legacy and Enhanced RTMP alike)
+            delta_unit = not payload or (payload[0] >> 4) & 0x7 != 1
+        else:
+            delta_unit = type_id == AUDIO and self._flags is not None and self._flags[1]
+        chunk = Chunk(data, self._offset, pts, delta_unit=delta_unit)
+        self._offset += len(data)
+        return chunk

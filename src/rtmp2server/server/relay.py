@@ -46,7 +46,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import RelayConfig as RelayConfig  # its old home: re-exported
 from ..logs import get_logger
@@ -88,6 +88,96 @@ def frame_message(
     return ChunkWriter(chunk_size).write(csid, timestamp, type_id, stream_id, payload)
 
 
+class Output(Protocol):
+    """Where a player's messages go: the relay's whole view of a player's connection.
+
+    The relay frames each media message once per distinct `framing` (`frame`) and queues the
+    same bytes to every player that shares it (`write`); `flush` writes out what was queued;
+    `buffered` says how many bytes are still waiting in the socket's buffer (the slow-player
+    rule). The rest are the notices of a play's life, which an output that has no such
+    messages (HTTP-FLV) may ignore, or answer by ending (`stream_eof`, `not_found`).
+    """
+
+    owner: Any  # the connection (an RTMP `Session`, an HTTP player): .id, .ip, .peer
+    multitrack: bool  # takes E-RTMP multitrack messages as they are
+    framing: int  # equal for outputs whose `frame` gives the same bytes
+
+    @property
+    def closed(self) -> bool: ...
+
+    def frame(self, csid: int, ts: int, type_id: int, sid: int, payload: bytes) -> bytes: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def send_data(self, sid: int, ts: int, payload: bytes) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def buffered(self) -> int: ...
+
+    def publish_notify(self, sid: int, name: str) -> None: ...
+
+    def unpublish_notify(self, sid: int, name: str) -> None: ...
+
+    def stream_eof(self, sid: int) -> None: ...
+
+    def not_found(self, sid: int, name: str, description: str) -> None: ...
+
+
+class RTMPOutput:
+    """An RTMP session's message stream as a player `Output`."""
+
+    __slots__ = ("conn", "framing", "multitrack", "owner", "session", "write")
+
+    def __init__(self, session: Session) -> None:
+        self.session = self.owner = session
+        self.conn = conn = session.conn
+        self.write = conn.send_raw
+        self.framing = conn.out_chunk_size
+        self.multitrack = conn.capabilities.multitrack
+
+    @property
+    def closed(self) -> bool:
+        return self.session.closed
+
+    def frame(self, csid: int, ts: int, type_id: int, sid: int, payload: bytes) -> bytes:
+        return frame_message(csid, ts, type_id, sid, payload, self.framing)
+
+    def send_data(self, sid: int, ts: int, payload: bytes) -> None:
+        self.conn.send_message(CSID_DATA, ts, DATA_AMF0, sid, payload)
+
+    def flush(self) -> None:
+        self.session.flush()
+
+    def buffered(self) -> int:
+        transport = self.session.transport
+        return 0 if transport is None else transport.get_write_buffer_size()
+
+    def publish_notify(self, sid: int, name: str) -> None:
+        self.conn.send_user_control(UserControlEvent.STREAM_BEGIN, sid)
+        self.conn.send_status(
+            sid, "status", "NetStream.Play.PublishNotify", f"{name} is now published.", details=name
+        )
+
+    def unpublish_notify(self, sid: int, name: str) -> None:
+        self.conn.send_status(
+            sid,
+            "status",
+            "NetStream.Play.UnpublishNotify",
+            f"{name} is now unpublished.",
+            details=name,
+        )
+
+    def stream_eof(self, sid: int) -> None:
+        self.conn.send_user_control(UserControlEvent.STREAM_EOF, sid)
+
+    def not_found(self, sid: int, name: str, description: str) -> None:
+        self.conn.end_play(sid)
+        self.conn.send_status(
+            sid, "error", "NetStream.Play.StreamNotFound", description, details=name
+        )
+
+
 class _Entry:
     """A relayed media message and what it means to a player."""
 
@@ -109,19 +199,20 @@ class _Entry:
 
 
 class Player:
-    """One (session, message stream) playing a channel."""
+    """One (connection, message stream) playing a channel, through its `Output`."""
 
     __slots__ = (
         "audio",
         "audio_frames",
+        "bytes_out",
         "channel",
-        "chunk_size",
-        "conn",
         "data_messages",
         "dirty",
         "dropped",
         "first_key",
         "floor",
+        "frame",
+        "framing",
         "gated",
         "headers_sent",
         "joined",
@@ -131,6 +222,7 @@ class Player:
         "name",
         "need_key",
         "offset",
+        "out",
         "paused",
         "send_raw",
         "session",
@@ -144,14 +236,15 @@ class Player:
         "waiting",
     )
 
-    def __init__(self, session: Session, sid: int, name: str, limit: int) -> None:
-        self.session = session
-        self.conn = session.conn
-        self.send_raw = session.conn.send_raw
+    def __init__(self, out: Output, sid: int, name: str, limit: int) -> None:
+        self.out = out
+        self.session = out.owner  # the connection: .id, .ip, .peer (webhooks, the API)
+        self.send_raw = out.write
+        self.frame = out.frame
         self.sid = sid
         self.name = name
-        self.chunk_size = session.conn.out_chunk_size
-        self.multitrack = session.conn.capabilities.multitrack
+        self.framing = out.framing
+        self.multitrack = out.multitrack
         self.channel: Channel | None = None
         self.audio = True  # receiveAudio
         self.video = True  # receiveVideo
@@ -177,6 +270,7 @@ class Player:
         self.data_messages = 0
         self.dropped = 0
         self.skips = 0
+        self.bytes_out = 0  # media bytes queued to it (the HTTP API's bytes out)
 
     def regate(self) -> None:
         self.gated = (
@@ -185,7 +279,7 @@ class Player:
 
     @property
     def peer(self) -> str:
-        return self.session.peer
+        return str(self.session.peer)
 
     def out_ts(self, ts: int, type_id: int) -> int:
         """The player's timestamp for a message of `type_id` at publisher timestamp `ts`:
@@ -264,18 +358,11 @@ class Channel:
             if p.waiting:
                 p.waiting = False
                 waiting += 1
-                p.conn.send_user_control(UserControlEvent.STREAM_BEGIN, p.sid)
-                p.conn.send_status(
-                    p.sid,
-                    "status",
-                    "NetStream.Play.PublishNotify",
-                    f"{p.name} is now published.",
-                    details=p.name,
-                )
+                p.out.publish_notify(p.sid, p.name)
             # Players kept through a gap get nothing that could end or reset their play:
             # the new publish goes on in their timeline (`Player.rebase`).
             self._restart(p)
-            p.session.flush()
+            p.out.flush()
         if gap is not None:
             log.info(
                 "relay %s/%s: publisher back after %.2f s; %d player(s) go on from its first "
@@ -343,14 +430,8 @@ class Channel:
             if p.waiting:
                 continue
             p.waiting = True
-            p.conn.send_status(
-                p.sid,
-                "status",
-                "NetStream.Play.UnpublishNotify",
-                f"{p.name} is now unpublished.",
-                details=p.name,
-            )
-            p.session.flush()
+            p.out.unpublish_notify(p.sid, p.name)
+            p.out.flush()
             # Stream EOF a moment later: GStreamer's rtmp2src stops at once on it and drops
             # the message it has not handed downstream yet (the stream's last one).
             if p.timer is not None:
@@ -437,9 +518,7 @@ class Channel:
         for p in self.players:
             if p.paused or p.need_key:
                 continue
-            p.conn.send_message(
-                CSID_DATA, p.out_ts(msg.timestamp, DATA_AMF0), DATA_AMF0, p.sid, msg.payload
-            )
+            p.out.send_data(p.sid, p.out_ts(msg.timestamp, DATA_AMF0), msg.payload)
             p.data_messages += 1
             if metadata:
                 p.headers_sent[_METADATA_KEY] = msg
@@ -537,13 +616,13 @@ class Channel:
             msg = entry.msg
             t = msg.type_id
             if t == DATA_AMF0:
-                p.conn.send_message(CSID_DATA, ts, DATA_AMF0, p.sid, msg.payload)
+                p.out.send_data(p.sid, ts, msg.payload)
                 p.data_messages += 1
                 continue
             payload = msg.payload if p.multitrack else entry.legacy_payload()
             if payload is not None:
                 csid = CSID_VIDEO if t == VIDEO else CSID_AUDIO
-                p.conn.send_raw(frame_message(csid, ts, t, p.sid, payload, p.chunk_size))
+                p.send_raw(p.frame(csid, ts, t, p.sid, payload))
         for k, entry in self.headers.items():
             if any(entry is e for e in entries):
                 p.headers_sent[k] = entry.msg
@@ -558,7 +637,7 @@ class Channel:
             return
         csid = CSID_VIDEO if t == VIDEO else CSID_AUDIO
         ts = p.out_ts(msg.timestamp, t)
-        p.conn.send_raw(frame_message(csid, ts, t, p.sid, payload, p.chunk_size))
+        p.send_raw(p.frame(csid, ts, t, p.sid, payload))
         if t == VIDEO:
             p.video_frames += 1
         else:
@@ -568,8 +647,7 @@ class Channel:
         """At a keyframe (publisher timestamp `ts`): may `p` start receiving again? Sends the
         metadata and configuration it has not got yet."""
         if p.skipping:
-            transport = p.session.transport
-            size = 0 if transport is None else transport.get_write_buffer_size()
+            size = p.out.buffered()
             if size > p.limit // 2:
                 return False
             log.info(
@@ -624,18 +702,17 @@ class Channel:
                     out = p.behind(ts, out, kind)
                 else:
                     last[kind] = out
-            mkey = (out, p.sid, legacy, p.chunk_size)
+            mkey = (out, p.sid, legacy, p.framing)
             data = memo.get(mkey, _UNSET)
             if data is _UNSET:
                 payload = entry.legacy_payload() if legacy else msg.payload
                 data = memo[mkey] = (
-                    None
-                    if payload is None
-                    else frame_message(csid, out, t, p.sid, payload, p.chunk_size)
+                    None if payload is None else p.frame(csid, out, t, p.sid, payload)
                 )
             if data is None:
                 continue
             p.send_raw(data)
+            p.bytes_out += len(data)
             if is_video:
                 p.video_frames += 1
             else:
@@ -686,14 +763,13 @@ class Channel:
         self._dirty = []
         for p in dirty:
             p.dirty = False
-            session = p.session
-            if session.closed:
+            out = p.out
+            if out.closed:
                 continue
-            session.flush()
-            transport = session.transport
-            if transport is None or p.skipping:
+            out.flush()
+            if p.skipping:
                 continue
-            size = transport.get_write_buffer_size()
+            size = out.buffered()
             base = self.relay.config.player_max_buffer
             if p.limit > base and size <= base:
                 p.limit = base  # the join burst has drained
@@ -716,9 +792,9 @@ class Channel:
 def _stream_eof(p: Player) -> None:
     p.timer = None
     channel = p.channel
-    if channel is not None and channel.stream is None and not p.session.closed:
-        p.conn.send_user_control(UserControlEvent.STREAM_EOF, p.sid)
-        p.session.flush()
+    if channel is not None and channel.stream is None and not p.out.closed:
+        p.out.stream_eof(p.sid)
+        p.out.flush()
         # ffmpeg, rtmpdump and rtmp2src have left by now; a player that stays waits for a
         # publisher as a new one would (`play_wait`), so that it is bounded too.
         relay = channel.relay
@@ -798,7 +874,7 @@ class Relay:
             log.info("play %s/%s: peer=%s refused: not published", *key, session.peer)
             return
         conn.accept_play(req)
-        p = Player(session, req.stream_id, req.name, self.config.player_max_buffer)
+        p = Player(RTMPOutput(session), req.stream_id, req.name, self.config.player_max_buffer)
         players[req.stream_id] = p
         if channel is None:
             channel = self.channels[key] = Channel(self, key)
@@ -817,6 +893,29 @@ class Relay:
         if p.waiting and math.isfinite(wait):
             p.timer = asyncio.get_running_loop().call_later(wait, self._not_found, p)
 
+    def add_player(self, out: Output, app: str, name: str) -> Player | None:
+        """Play the live stream app/name to `out` (a player that is not an RTMP session: an
+        HTTP-FLV response), with the same join (GOP cache) and slow-player rule as RTMP play.
+        None when nothing is published there (nor in a publisher gap): such players do not
+        wait. Its owner calls `remove_player` when it leaves."""
+        key = (app, name)
+        channel = self.channels.get(key)
+        if channel is None or (channel.stream is None and not channel.gap):
+            return None
+        p = Player(out, 1, name, self.config.player_max_buffer)
+        log.info("play start: peer=%s app=%s stream=%s (%s)", p.peer, app, name, type(out).__name__)
+        channel.add(p)
+        if self.notify is not None:
+            self.notify("play_start", app, name, p)
+        return p
+
+    def remove_player(self, p: Player, why: str) -> None:
+        if p.timer is not None:
+            p.timer.cancel()
+            p.timer = None
+        if p.channel is not None:
+            self._stop(p, why)
+
     def _not_found(self, p: Player) -> None:
         p.timer = None
         channel = p.channel
@@ -826,15 +925,10 @@ class Relay:
         if players is not None and players.get(p.sid) is p:
             del players[p.sid]
         channel.remove(p)
-        p.conn.end_play(p.sid)
-        p.conn.send_status(
-            p.sid,
-            "error",
-            "NetStream.Play.StreamNotFound",
-            f"{p.name} was not published within {self.config.play_wait:g} s.",
-            details=p.name,
+        p.out.not_found(
+            p.sid, p.name, f"{p.name} was not published within {self.config.play_wait:g} s."
         )
-        p.session.flush()
+        p.out.flush()
         log.info(
             "play %s/%s: peer=%s %s after %g s",
             *channel.key,

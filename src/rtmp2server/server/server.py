@@ -14,13 +14,14 @@ connection too.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from ..config import Listener, tls_context
 from ..config import RelayConfig as RelayConfig  # its old home: re-exported
@@ -35,6 +36,9 @@ from .recorder import Recorder, RecordingError
 from .registry import Republish, Stream, StreamRegistry
 from .relay import Relay
 from .webhooks import WebhookConfig, Webhooks
+
+if TYPE_CHECKING:
+    from ..http.server import HttpServer
 
 log = get_logger("rtmp2server")
 
@@ -536,6 +540,7 @@ class Session(asyncio.BufferedProtocol):
         `close`, the connection closes soon after (OBS and rtmp2sink then show the failure
         instead of waiting)."""
         self.server.registry.release(stream)
+        self.server.refusal_counts["publish"] += 1
         log.warning(
             "peer %s: publish %s/%s refused: %s", self.peer, stream.app, stream.name, reason
         )
@@ -721,6 +726,9 @@ class RTMPServer:
         # Connections refused at accept since the last log line of that kind, and when that
         # line was written: at most one line a second for each kind.
         self._refused: dict[str, tuple[int, float]] = {}
+        # Refusals since the start, by kind (the HTTP side's metrics read them).
+        self.refusal_counts: collections.Counter[str] = collections.Counter()
+        self.http: HttpServer | None = None  # the HTTP side, when config.http
         # One receive buffer for all sessions: a read is copied out of it before the next.
         self._read_view = memoryview(bytearray(READ_SIZE))
 
@@ -811,6 +819,7 @@ class RTMPServer:
             self._sessions.add(session)
             self._per_ip[session.ip] = per_ip + 1
             return None
+        self.refusal_counts["max_connections" if kind == "total" else "max_connections_per_ip"] += 1
         count, logged = self._refused.get(kind, (0, 0.0))
         now = time.monotonic()
         if now - logged >= 1.0:
@@ -874,6 +883,19 @@ class RTMPServer:
             listeners.close()
             await listeners.wait_closed()
             raise
+        if self.config.http:
+            # Imported here: the HTTP side is a front-end on top of this module.
+            from ..http.server import HttpServer
+
+            http = HttpServer(self)
+            try:
+                await http.start()
+            except BaseException:
+                await http.close()
+                listeners.close()
+                await listeners.wait_closed()
+                raise
+            self.http = http
         # The listeners stand in for the one asyncio.Server that the rest of this class uses
         # (close, wait_closed, serve_forever, sockets): they answer for all of them.
         self._server = cast(asyncio.Server, listeners)
@@ -925,6 +947,9 @@ class RTMPServer:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+        if self.http is not None:
+            http, self.http = self.http, None
+            await http.close()
         await self.access.close()
         await self.webhooks.close()
 
