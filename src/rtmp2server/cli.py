@@ -109,7 +109,9 @@ async def run(cfg: ServerConfig, args: argparse.Namespace | None = None) -> int:
     try:
         await server.start()
     except OSError as err:
-        where = ", ".join(lst.url for lst in cfg.listeners())
+        where = ", ".join(
+            [lst.url for lst in cfg.listeners()] + ([f"http://{cfg.http}"] if cfg.http else [])
+        )
         print(f"rtmp2-server: cannot listen on {where}: {err.strerror or err}", file=sys.stderr)
         return 1
     log.info("accepting up to %d connections", server.max_connections())
