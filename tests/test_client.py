@@ -1,0 +1,209 @@
+"""The asyncio client (`rtmp2server.client`) against real servers over loopback sockets.
+
+Our in-process `RTMPServer` records what the client publishes (bit-exact, over rtmp:// and
+rtmps:// with trustme certificates); the client plays from it while a real ffmpeg publishes,
+and every message it gets is checked against the server's recording of that publish. Status
+errors (a second publisher of a name, an `_error` answer) raise `StatusError` with the code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from pathlib import Path
+
+import pytest
+import trustme
+
+from rtmp2server.client import URL, ClientError, StatusError, connect
+from rtmp2server.config import Listener
+from rtmp2server.protocol import amf0, enhanced, flv
+from rtmp2server.protocol.messages import AUDIO, DATA_AMF0, VIDEO, Message
+from rtmp2server.server import RTMPServer, ServerConfig
+from rtmp2server.server.registry import StreamRegistry
+from support.clients import start_looping_publisher
+from support.media import SourceMedia
+from test_server import frames, recording, run, wait_for
+
+META = {"videocodecid": 7.0, "audiocodecid": 10.0}
+
+
+async def publish_with_client(
+    url: str, name: str, media: list[tuple[int, int, bytes]], **kw: object
+) -> None:
+    async with connect(url, **kw) as client:  # type: ignore[arg-type]
+        await client.publish(name)
+        await client.send_metadata(META)
+        for type_id, ts, payload in media:
+            await client.send_media(type_id, ts, payload)
+
+
+def assert_recorded(record_dir: Path, name: str, media: list[tuple[int, int, bytes]]) -> None:
+    tags = recording(record_dir, "live", name)
+    assert tags[0].tag_type == 18
+    assert amf0.decode_all(tags[0].body) == ["onMetaData", amf0.ECMAArray(META)]
+    assert [(t.tag_type, t.timestamp, t.body) for t in tags[1:]] == media
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("rtmp://h/live", URL("rtmp", "h", 1935, "live", "rtmp://h/live")),
+        ("rtmps://h:4443/live/", URL("rtmps", "h", 4443, "live", "rtmps://h:4443/live/")),
+        ("rtmp://h/app/inst?k=1", URL("rtmp", "h", 1935, "app/inst?k=1", "rtmp://h/app/inst?k=1")),
+    ],
+)
+def test_url_parse(url: str, expected: URL) -> None:
+    assert URL.parse(url) == expected
+
+
+@pytest.mark.parametrize("url", ["http://h/live", "rtmp:///live", "rtmp://h", "rtmp://h/"])
+def test_url_parse_refuses(url: str) -> None:
+    with pytest.raises(ValueError):
+        URL.parse(url)
+
+
+def test_publish_is_recorded_bit_exact(tmp_path: Path) -> None:
+    media = frames(60)
+
+    async def main() -> None:
+        async with RTMPServer(ServerConfig(host="127.0.0.1", port=0, record_dir=tmp_path)) as s:
+            await publish_with_client(f"rtmp://127.0.0.1:{s.port}/live", "cam", media)
+            # The clean close (FCUnpublish, deleteStream) ends the publish at the server.
+            await wait_for(lambda: len(s.registry) == 0)
+
+    run(main())
+    assert_recorded(tmp_path, "cam", media)
+
+
+def test_publish_over_rtmps_is_recorded_bit_exact(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(b"".join(pem.bytes() for pem in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(str(key))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    media = frames(40)
+    cfg = ServerConfig(
+        host="127.0.0.1",
+        port=0,
+        listen=[Listener("rtmps", "127.0.0.1", 0)],
+        tls_cert=cert,
+        tls_key=key,
+        record_dir=tmp_path / "rec",
+    )
+
+    async def main() -> None:
+        async with RTMPServer(cfg) as s:
+            (tls,) = [lst for lst in s.listeners if lst.tls]
+            await publish_with_client(
+                f"rtmps://127.0.0.1:{tls.port}/live", "tls", media, ssl=context
+            )
+            await wait_for(lambda: len(s.registry) == 0)
+            # Our certificate is checked: without the test CA the handshake fails.
+            with pytest.raises(ClientError, match="cannot connect"):
+                async with connect(f"rtmps://127.0.0.1:{tls.port}/live"):
+                    pass
+
+    run(main())
+    assert_recorded(tmp_path / "rec", "tls", media)
+
+
+def test_status_errors_raise_with_code_and_description(tmp_path: Path) -> None:
+    cfg = ServerConfig(host="127.0.0.1", port=0)
+
+    async def main() -> None:
+        async with RTMPServer(cfg, registry=StreamRegistry(republish="refuse")) as s:
+            url = f"rtmp://127.0.0.1:{s.port}/live"
+            async with connect(url) as first:
+                await first.publish("same")
+                async with connect(url) as second:
+                    with pytest.raises(StatusError) as info:
+                        await second.publish("same")
+                    assert info.value.code == "NetStream.Publish.BadName"
+                    assert info.value.command == "publish"
+                    assert "NetStream.Publish.BadName" in str(info.value)
+                    # An `_error` answer (unknown method) raises the same way.
+                    with pytest.raises(StatusError) as info:
+                        await second._call("noSuchMethod", second.conn.call("noSuchMethod", None))
+                    assert info.value.code == "NetConnection.Call.Failed"
+                    assert info.value.description == "Method not found (noSuchMethod)."
+
+    run(main())
+
+
+def test_a_refused_connection_and_a_silent_server_are_client_errors() -> None:
+    async def main() -> None:
+        held: list[asyncio.StreamWriter] = []  # accepted, never answered
+
+        def hold(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            held.append(w)
+
+        silent = await asyncio.start_server(hold, "127.0.0.1", 0)
+        port = silent.sockets[0].getsockname()[1]
+        with pytest.raises(ClientError, match=r"connect: no answer within 0\.3 s"):
+            async with connect(f"rtmp://127.0.0.1:{port}/live", timeout=0.3):
+                pass
+        for w in held:
+            w.close()
+        silent.close()
+        await silent.wait_closed()
+        with pytest.raises(ClientError, match="cannot connect"):
+            async with connect(f"rtmp://127.0.0.1:{port}/live", timeout=2):
+                pass
+
+    run(main())
+
+
+def recorded_frames(path: Path) -> list[flv.Tag]:
+    _header, tags = flv.read_flv(path.read_bytes())
+    return tags
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(90)
+def test_play_while_ffmpeg_publishes_every_message_checked(
+    tmp_path: Path, source: SourceMedia
+) -> None:
+    played: list[Message] = []
+
+    async def main() -> None:
+        cfg = ServerConfig(host="127.0.0.1", port=0, record_dir=tmp_path)
+        async with RTMPServer(cfg) as s:
+            publisher = start_looping_publisher(source.path, f"rtmp://127.0.0.1:{s.port}/live/loop")
+            try:
+                await wait_for(lambda: len(s.registry) == 1, timeout=15)
+                async with connect(f"rtmp://127.0.0.1:{s.port}/live") as client:
+                    async for message in client.play("loop"):
+                        played.append(message)
+                        videos = sum(1 for m in played if m.type_id == VIDEO)
+                        if videos >= 150:  # more than two loops of the 2 s source
+                            break
+            finally:
+                publisher.kill()
+            await wait_for(lambda: len(s.registry) == 0)
+
+    run(main())
+    (path,) = (tmp_path / "live").glob("loop-*.flv")
+    ref = recorded_frames(path)
+    # Data first: |RtmpSampleAccess (our play answer) and onMetaData before any frame.
+    datas = [amf0.decode_all(m.payload)[0] for m in played if m.type_id == DATA_AMF0]
+    assert "onMetaData" in datas
+    first_frame = next(i for i, m in enumerate(played) if m.type_id in (AUDIO, VIDEO))
+    assert all(m.type_id == DATA_AMF0 for m in played[:first_frame])
+    for kind in (VIDEO, AUDIO):
+        got = [m for m in played if m.type_id == kind]
+        rec = [t.body for t in ref if t.tag_type == kind]
+        # Sequence header first, then a run of the recording's frames, every one, in order.
+        if kind == VIDEO:
+            assert enhanced.classify_video(got[0].payload).is_sequence_header
+        else:
+            assert got[0].payload[1] == 0  # AAC sequence header
+        body = [m.payload for m in got[1:]]
+        starts = [i for i in range(len(rec) - len(body) + 1) if rec[i : i + len(body)] == body]
+        assert starts, f"type {kind}: the {len(body)} played frames are not a run of the recording"
+        if kind == VIDEO:
+            assert enhanced.classify_video(body[0]).is_keyframe, "playback starts mid-GOP"
+        ts = [m.timestamp for m in got]
+        assert ts == sorted(ts), f"type {kind}: timestamps go back"
