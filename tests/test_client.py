@@ -4,18 +4,23 @@ Our in-process `RTMPServer` records what the client publishes (bit-exact, over r
 rtmps:// with trustme certificates); the client plays from it while a real ffmpeg publishes,
 and every message it gets is checked against the server's recording of that publish. Status
 errors (a second publisher of a name, an `_error` answer) raise `StatusError` with the code.
+nginx-rtmp (Debian's libnginx-mod-rtmp) is the second, independent server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trustme
 
-from rtmp2server.client import URL, ClientError, StatusError, connect
+from rtmp2server.client import URL, Client, ClientError, StatusError, connect
 from rtmp2server.config import Listener
 from rtmp2server.protocol import amf0, enhanced, flv
 from rtmp2server.protocol.messages import AUDIO, DATA_AMF0, VIDEO, Message
@@ -23,6 +28,7 @@ from rtmp2server.server import RTMPServer, ServerConfig
 from rtmp2server.server.registry import StreamRegistry
 from support.clients import start_looping_publisher
 from support.media import SourceMedia
+from support.server import free_port
 from test_server import frames, recording, run, wait_for
 
 META = {"videocodecid": 7.0, "audiocodecid": 10.0}
@@ -207,3 +213,77 @@ def test_play_while_ffmpeg_publishes_every_message_checked(
             assert enhanced.classify_video(body[0]).is_keyframe, "playback starts mid-GOP"
         ts = [m.timestamp for m in got]
         assert ts == sorted(ts), f"type {kind}: timestamps go back"
+
+
+NGINX_CONF = """\
+load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
+daemon off;
+master_process off;
+worker_processes 1;
+error_log {dir}/error.log info;
+pid {dir}/nginx.pid;
+events {{ worker_connections 64; }}
+rtmp {{
+    server {{
+        listen 127.0.0.1:{port};
+        application live {{ live on; }}
+    }}
+}}
+"""
+
+
+@pytest.fixture
+def nginx_rtmp(tmp_path: Path) -> Iterator[int]:
+    """nginx with libnginx-mod-rtmp (Debian's), one live application; its port."""
+    port = free_port()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=tmp_path, port=port))
+    proc = subprocess.Popen(
+        ["nginx", "-p", str(tmp_path), "-e", str(tmp_path / "error.log"), "-c", str(conf)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(250):
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None, (tmp_path / "error.log").read_text()
+            time.sleep(0.02)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_publish_to_and_play_from_nginx_rtmp(nginx_rtmp: int) -> None:
+    """A second, independent server: what one client publishes to nginx-rtmp, another plays
+    back, every frame bit-exact and in order per kind (nginx sends a video sequence header
+    and keyframe ahead of the audio sequence header), with nginx's own onMetaData."""
+    media = frames(40)
+    url = f"rtmp://127.0.0.1:{nginx_rtmp}/live"
+    played: list[Message] = []
+
+    async def player(client: Client) -> None:
+        async for message in client.play("s"):
+            played.append(message)
+            if sum(1 for m in played if m.type_id in (AUDIO, VIDEO)) == len(media):
+                break
+
+    async def main() -> None:
+        async with connect(url) as client:
+            task = asyncio.create_task(player(client))
+            # nginx answers Play.Start at once and holds the play until the publish comes.
+            await asyncio.wait_for(client.started.wait(), 10)
+            await publish_with_client(url, "s", media)
+            await asyncio.wait_for(task, 20)
+
+    run(main())
+    for kind in (VIDEO, AUDIO):
+        got = [(m.timestamp, m.payload) for m in played if m.type_id == kind]
+        assert got == [(ts, p) for t, ts, p in media if t == kind], f"type {kind} differs"
+    datas = [amf0.decode_all(m.payload)[0] for m in played if m.type_id == DATA_AMF0]
+    assert "onMetaData" in datas

@@ -123,6 +123,9 @@ class Client:
         self.stream_id = 0
         self._publishing = ""
         self.closed = asyncio.Event()
+        # Set once the publish or play is answered with its Start status (a play is then on
+        # at the server even before the first message comes).
+        self.started = asyncio.Event()
         self.connect_result: ClientCommand | None = None
 
     # --- connection ----------------------------------------------------------------------
@@ -194,6 +197,7 @@ class Client:
         await self._flush()
         await self._wait_status("publish", ("NetStream.Publish.Start",))
         self._publishing = name
+        self.started.set()
 
     async def send_media(self, type_id: int, timestamp: int, payload: bytes) -> None:
         """Send one audio (8) or video (9) message, FLV tag body as the payload."""
@@ -217,6 +221,7 @@ class Client:
         self.conn.play(self.stream_id, name, start)
         await self._flush()
         await self._wait_status("play", ("NetStream.Play.Start",))
+        self.started.set()
         while True:
             if self._failure is not None and self._media.empty():
                 item = None  # the end marker did not fit in a full queue
