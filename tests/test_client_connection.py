@@ -200,3 +200,39 @@ def test_fuzz_mutated_server_session_only_remote_errors(
                 client.receive_data(stream[i : i + 1])
         else:
             client.receive_data(bytes(stream))
+
+
+AMF_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8)
+    | st.just(amf0.UNDEFINED),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(min_size=1, max_size=4), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(AMF_VALUES, max_size=5),
+    type_id=st.sampled_from([17, 18, 20, 15]),
+    sid=st.integers(0, 3),
+)
+def test_fuzz_commands_of_any_values_only_remote_errors(
+    values: list[object], type_id: int, sid: int
+) -> None:
+    """Commands and data of any AMF0 values, on any stream: parsed or a remote error."""
+    body = amf0.encode(*values)
+    if type_id in (15, 17):
+        body = b"\x00" + body
+    client = shaken()
+    with contextlib.suppress(RemoteProtocolError):
+        for item in client.receive_data(chunk(type_id, body, 3, sid)):
+            if isinstance(item, ClientCommand):
+                assert isinstance(item.name, str)
+                assert isinstance(item.transaction_id, float)
+                assert isinstance(item.info, dict)
