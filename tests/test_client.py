@@ -10,6 +10,7 @@ nginx-rtmp (Debian's libnginx-mod-rtmp) is the second, independent server.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 import subprocess
@@ -23,10 +24,11 @@ import trustme
 from rtmp2server.client import URL, Client, ClientError, StatusError, connect
 from rtmp2server.config import Listener
 from rtmp2server.protocol import amf0, enhanced, flv
+from rtmp2server.protocol.connection import ServerConnection, State
 from rtmp2server.protocol.messages import AUDIO, DATA_AMF0, VIDEO, Message
 from rtmp2server.server import RTMPServer, ServerConfig
 from rtmp2server.server.registry import StreamRegistry
-from support.clients import start_looping_publisher
+from support.clients import chunk_message, start_looping_publisher
 from support.media import SourceMedia
 from support.server import free_port
 from test_server import frames, recording, run, wait_for
@@ -287,3 +289,36 @@ def test_publish_to_and_play_from_nginx_rtmp(nginx_rtmp: int) -> None:
         assert got == [(ts, p) for t, ts, p in media if t == kind], f"type {kind} differs"
     datas = [amf0.decode_all(m.payload)[0] for m in played if m.type_id == DATA_AMF0]
     assert "onMetaData" in datas
+
+
+def test_bytes_that_break_the_protocol_are_a_client_error(caplog: pytest.LogCaptureFixture) -> None:
+    """A server that completes the handshake, then sends an empty command message: the
+    client raises `ClientError` naming what arrived, and logs one line."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        server = ServerConnection()
+        while server.state is State.HANDSHAKE:
+            server.receive_data(await reader.read(65536))
+            writer.write(server.data_to_send())
+        writer.write(chunk_message(3, 20, b""))
+        await writer.drain()
+        await reader.read(65536)
+        writer.close()
+
+    async def main() -> None:
+        bad = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = bad.sockets[0].getsockname()[1]
+        async with connect(f"rtmp://127.0.0.1:{port}/live", timeout=5) as client:
+            # connect was answered in the read that ended the handshake; the bad command
+            # follows it, and fails what comes next.
+            with pytest.raises(ClientError, match="command message of 0 bytes") as info:
+                await client.publish("x")
+        assert not isinstance(info.value, StatusError)
+        bad.close()
+        await bad.wait_closed()
+
+    with caplog.at_level(logging.WARNING):
+        run(main())
+    lines = [r.getMessage() for r in caplog.records if "broke the protocol" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "command message of 0 bytes" in lines[0]
