@@ -71,7 +71,7 @@ def test_url_parse_refuses(url: str) -> None:
         URL.parse(url)
 
 
-def test_publish_is_recorded_bit_exact(tmp_path: Path) -> None:
+def test_publish_is_recorded_bit_exact(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     media = frames(60)
 
     async def main() -> None:
@@ -80,8 +80,12 @@ def test_publish_is_recorded_bit_exact(tmp_path: Path) -> None:
             # The clean close (FCUnpublish, deleteStream) ends the publish at the server.
             await wait_for(lambda: len(s.registry) == 0)
 
-    run(main())
+    with caplog.at_level(logging.INFO):
+        run(main())
     assert_recorded(tmp_path, "cam", media)
+    (stop,) = [r.getMessage() for r in caplog.records if "publish stop" in r.getMessage()]
+    assert "video=61 audio=61 data=1 " in stop, stop
+    assert stop.endswith("(deleteStream)"), stop  # the clean close, not a dropped socket
 
 
 def test_publish_over_rtmps_is_recorded_bit_exact(tmp_path: Path) -> None:
