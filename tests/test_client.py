@@ -326,3 +326,35 @@ def test_bytes_that_break_the_protocol_are_a_client_error(caplog: pytest.LogCapt
     lines = [r.getMessage() for r in caplog.records if "broke the protocol" in r.getMessage()]
     assert len(lines) == 1, lines
     assert "command message of 0 bytes" in lines[0]
+
+
+def test_play_ends_when_the_server_closes_the_connection(tmp_path: Path) -> None:
+    """Every frame published while the play is on arrives, in order; when the server shuts
+    down, the iteration ends without an error."""
+    media = frames(20)
+    played: list[Message] = []
+
+    async def main() -> None:
+        s = RTMPServer(ServerConfig(host="127.0.0.1", port=0))
+        await s.start()
+        url = f"rtmp://127.0.0.1:{s.port}/live"
+        async with connect(url) as publisher, connect(url) as player:
+            await publisher.publish("p")
+
+            async def play() -> None:
+                async for message in player.play("p"):
+                    played.append(message)
+
+            task = asyncio.create_task(play())
+            await asyncio.wait_for(player.started.wait(), 10)
+            for type_id, ts, payload in media:
+                await publisher.send_media(type_id, ts, payload)
+            await wait_for(lambda: sum(m.type_id in (AUDIO, VIDEO) for m in played) == len(media))
+            await s.close()
+            await asyncio.wait_for(task, 10)  # ended, and raised nothing
+            assert player.closed.is_set()
+
+    run(main())
+    assert [
+        (m.type_id, m.timestamp, m.payload) for m in played if m.type_id in (AUDIO, VIDEO)
+    ] == media
