@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from rtmp2server.client import connect
 from rtmp2server.protocol import amf0, flv
 from rtmp2server.protocol.client import ClientCommand, ClientConnection
 from rtmp2server.server import RTMPServer, ServerConfig
@@ -24,7 +25,9 @@ def run(coro: Awaitable[Any]) -> Any:
 
 
 class AsyncClient:
-    """The sans-IO client on an asyncio stream."""
+    """The sans-IO client on an asyncio stream, driven by hand: for tests that control each
+    write (media queued behind a `publish` not yet answered, a message cut short, an abort),
+    which the asyncio client (`rtmp2server.client`, used by `publish_all`) does not allow."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
@@ -96,16 +99,13 @@ def frames(n: int) -> list[tuple[int, int, bytes]]:
 
 
 async def publish_all(port: int, name: str, media: list[tuple[int, int, bytes]]) -> None:
-    c = await AsyncClient.open(port)
-    sid, status = await c.publish(name)
-    assert status.info["code"] == "NetStream.Publish.Start"
-    c.conn.send_metadata(sid, {"videocodecid": 7.0, "audiocodecid": 10.0})
-    for t, ts, payload in media:
-        c.conn.send_media(sid, t, ts, payload)
-        await c.flush()
-    c.conn.delete_stream(sid)
-    await c.flush()
-    await c.close()
+    """Publish with the asyncio client: it raises unless the answer is Publish.Start, and ends
+    with FCUnpublish and deleteStream, then closes."""
+    async with connect(f"rtmp://127.0.0.1:{port}/live") as c:
+        await c.publish(name)
+        await c.send_metadata({"videocodecid": 7.0, "audiocodecid": 10.0})
+        for t, ts, payload in media:
+            await c.send_media(t, ts, payload)
 
 
 def recording(record_dir: Path, app: str, name: str) -> list[flv.Tag]:

@@ -6,30 +6,30 @@ from Python. It speaks the same forms ffmpeg does: connect, releaseStream, FCPub
 createStream, publish / play, deleteStream.
 
 `receive_data()` returns the messages that arrived (commands decoded to `ClientCommand`,
-media as `Message`); `data_to_send()` drains what to send.
+media as `Message`, aggregates split); `data_to_send()` drains what to send. The handshake,
+chunking and protocol control are shared with the server side (`endpoint.py`). The asyncio
+client on top of it is `rtmp2server.client`.
 """
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import Any
 
 from . import amf0
-from .chunk import ChunkReader, ChunkWriter
+from .chunk import ChunkReader
+from .endpoint import Endpoint, decode_command
+from .errors import LocalProtocolError, RemoteProtocolError
 from .handshake import ClientHandshake
 from .messages import (
+    AGGREGATE,
     COMMAND_AMF0,
+    COMMAND_AMF3,
     DATA_AMF0,
     Message,
     MessageType,
     UserControlEvent,
-    parse_user_control,
-    u32,
-    user_control_body,
 )
-
-_U32 = struct.Struct(">I")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,68 +50,96 @@ class ClientCommand:
         return {}
 
 
-class ClientConnection:
-    def __init__(self, *, chunk_size: int = 4096, digest: bool = False) -> None:
-        self._handshake = ClientHandshake(digest=digest)
-        self._reader = ChunkReader(max_message_size=64 * 1024 * 1024)
-        self._writer = ChunkWriter()
-        self._out: list[bytes] = [self._handshake.initial_data()]
+class ClientConnection(Endpoint):
+    """The client side of one RTMP connection. Feed bytes in, take commands and messages out.
+
+    Anything a server sends either parses or raises `RemoteProtocolError` (after which the
+    connection is closed; its `partial` holds what the same bytes completed before), the
+    promise of `errors.py`. Protocol control is answered here (pings, acknowledgements,
+    Set Peer Bandwidth); User Control and the other control messages are also returned as
+    `Message`s, for owners that wait on Stream Begin or Stream EOF.
+    """
+
+    def __init__(
+        self,
+        *,
+        chunk_size: int = 4096,
+        digest: bool = False,
+        max_message_size: int = 64 * 1024 * 1024,
+    ) -> None:
+        handshake = ClientHandshake(digest=digest)
+        # librtmp and ffmpeg acknowledge with a 2.5 MB window until the server names one
+        # (every server we know names one in its answer to connect).
+        super().__init__(
+            handshake,
+            ChunkReader(max_message_size=max_message_size),
+            window_ack_size=2_500_000,
+            peer_window=2_500_000,
+        )
+        self._out.append(handshake.initial_data())
         self._pending: list[bytes] = []  # chunks written before the handshake finished
         self._chunk_size = chunk_size
         self._tid = 1
         self.handshake_done = False
-        self.bytes_received = 0
-        self._last_ack = 0
-        self._window = 2_500_000
+        self.closed = False
 
     # --- bytes ---------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> list[ClientCommand | Message]:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[ClientCommand | Message]:
+        """Feed bytes from the server; `b""` means it closed. Returns what they complete."""
+        if not data:
+            self.closed = True
+            return []
+        if self.closed:
+            raise LocalProtocolError("receive_data() on a closed connection")
         self.bytes_received += len(data)
-        if not self.handshake_done:
-            hs = self._handshake
-            hs.receive_data(data)
-            out = hs.data_to_send()
-            if out:
-                self._out.append(out)
-            if not hs.done:
-                return []
-            self.handshake_done = True
-            self._out.extend(self._pending)
-            self._pending.clear()
-            data = hs.unused_data
         items: list[ClientCommand | Message] = []
-        for msg in self._reader.feed(data):
-            t = msg.type_id
-            if t == COMMAND_AMF0:
-                values = amf0.decode_all(msg.payload)
-                items.append(
-                    ClientCommand(
-                        str(values[0]), float(values[1]), msg.stream_id, tuple(values[2:])
-                    )
-                )
-            elif t == MessageType.USER_CONTROL:
-                event, arg, _ = parse_user_control(msg.payload)
-                if event == UserControlEvent.PING_REQUEST:
-                    self._send(2, 0, MessageType.USER_CONTROL, 0, user_control_body(7, arg))
-                items.append(msg)
-            elif t == MessageType.WINDOW_ACK_SIZE:
-                self._window = max(1, _U32.unpack_from(msg.payload)[0])
-            else:
-                items.append(msg)
-        if self.bytes_received - self._last_ack >= self._window:
-            self._last_ack = self.bytes_received
-            self._send(2, 0, MessageType.ACKNOWLEDGEMENT, 0, u32(self.bytes_received))
-        return items
+        try:
+            if not self.handshake_done:
+                rest = self._drive_handshake(data)
+                if rest is None:
+                    return []
+                self.handshake_done = True
+                self._out.extend(self._pending)
+                self._pending.clear()
+                data = rest
+            for msg in self._reader.feed(data):
+                self._on_message(msg, items)
+            if self._reader.error is not None:
+                raise self._reader.error
+            self._ack_if_due()
+            return items
+        except RemoteProtocolError as err:
+            self.closed = True
+            err.partial = items
+            raise
 
-    def data_to_send(self) -> bytes:
-        data = b"".join(self._out)
-        self._out.clear()
-        return data
+    def _on_message(self, msg: Message, items: list[ClientCommand | Message]) -> None:
+        t = msg.type_id
+        if t in (COMMAND_AMF0, COMMAND_AMF3):
+            name, tid, rest = decode_command(msg)
+            items.append(ClientCommand(name, tid, msg.stream_id, tuple(rest)))
+        elif t == AGGREGATE:
+            for sub in self._aggregate_parts(msg):
+                if sub.type_id != AGGREGATE:  # no nesting: a server sends none
+                    self._on_message(sub, items)
+        elif t < MessageType.AUDIO:
+            # Protocol control (1-6); the Acknowledged events of the base are not needed
+            # by a client, the raw messages (Stream Begin, ...) are.
+            self._on_control(msg, [])
+            if t != MessageType.WINDOW_ACK_SIZE:
+                items.append(msg)
+        else:
+            items.append(msg)
+
+    def send_message(
+        self, csid: int, timestamp: int, type_id: int, stream_id: int, payload: bytes
+    ) -> None:
+        chunk = self._writer.write(csid, timestamp, type_id, stream_id, payload)
+        (self._out if self.handshake_done else self._pending).append(chunk)
 
     def _send(self, csid: int, ts: int, type_id: int, sid: int, payload: bytes) -> None:
-        chunk = self._writer.write(csid, ts, type_id, sid, payload)
-        (self._out if self.handshake_done else self._pending).append(chunk)
+        self.send_message(csid, ts, type_id, sid, payload)
 
     # --- commands ------------------------------------------------------------------------
 
@@ -125,8 +153,7 @@ class ClientConnection:
         return tid
 
     def connect(self, app: str, tc_url: str, **extra: Any) -> float:
-        self._send(2, 0, MessageType.SET_CHUNK_SIZE, 0, u32(self._chunk_size))
-        self._writer.set_chunk_size(self._chunk_size)
+        self._set_out_chunk_size(self._chunk_size)
         obj: dict[str, Any] = {
             "app": app,
             "type": "nonprivate",
@@ -143,7 +170,8 @@ class ClientConnection:
         return self.call("publish", None, name, kind, stream_id=stream_id)
 
     def play(self, stream_id: int, name: str, start: float = -2.0) -> float:
-        self._send(2, 0, MessageType.USER_CONTROL, 0, user_control_body(3, stream_id, 3000))
+        # Set Buffer Length 3 s, as ffmpeg sends before play.
+        self.send_user_control(UserControlEvent.SET_BUFFER_LENGTH, stream_id, 3000)
         return self.call("play", None, name, start, stream_id=stream_id)
 
     def delete_stream(self, stream_id: int) -> float:

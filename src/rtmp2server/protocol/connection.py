@@ -14,7 +14,6 @@ nginx-rtmp and SRS answer them, because ffmpeg, OBS, GStreamer and librtmp track
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from enum import Enum
 from typing import Any
@@ -26,11 +25,11 @@ from .chunk import (
     DEFAULT_MAX_CHUNK_STREAMS,
     DEFAULT_MAX_MESSAGE_SIZE,
     ChunkReader,
-    ChunkWriter,
 )
+from .endpoint import CSID_CONTROL as CSID_CONTROL  # re-exported with the other csids
+from .endpoint import Endpoint, decode_command
 from .errors import AMFError, LocalProtocolError, RemoteProtocolError
 from .events import (
-    Acknowledged,
     CommandReceived,
     Connected,
     Event,
@@ -53,19 +52,13 @@ from .messages import (
     Message,
     MessageType,
     UserControlEvent,
-    parse_acknowledgement,
-    parse_set_peer_bandwidth,
-    parse_user_control,
-    parse_window_ack_size,
     set_peer_bandwidth_body,
     u32,
-    user_control_body,
 )
 
 log = get_logger(__name__)
 
 # Chunk stream ids we send on (nginx-rtmp's choice).
-CSID_CONTROL = 2
 CSID_COMMAND = 3
 CSID_STATUS = 5
 CSID_AUDIO = 6
@@ -73,7 +66,6 @@ CSID_VIDEO = 7
 CSID_DATA = 5
 
 FMS_VERSION = "FMS/3,5,7,7009"
-_AGG_HEADER = struct.Struct(">BHBHBB3s")
 
 ReceivedItem = Event | Message
 
@@ -109,7 +101,7 @@ _DECISIONS: dict[tuple[StreamState, str], StreamState] = {
 _Handler = Callable[["ServerConnection", float, Any, list[Any], int, list["Event | Message"]], None]
 
 
-class ServerConnection:
+class ServerConnection(Endpoint):
     """One RTMP connection, server side. Feed bytes in, take events and bytes out.
 
     Each message stream has a `StreamState`. Media and data on a stream whose `publish` is
@@ -131,25 +123,23 @@ class ServerConnection:
         max_chunk_size: int = DEFAULT_MAX_CHUNK_SIZE,
         handshake: ServerHandshake | None = None,
     ) -> None:
-        self.state = State.HANDSHAKE
-        self._handshake = handshake or ServerHandshake()
-        self._reader = ChunkReader(
-            max_message_size=max_message_size,
-            max_chunk_streams=max_chunk_streams,
-            max_partial_bytes=max_partial_bytes,
-            max_chunk_size=max_chunk_size,
+        # Acknowledgements go out only once the peer has announced a window (as SRS does):
+        # `peer_window=0`. ffmpeg never announces one; acks it has not read when it closes
+        # its socket make its kernel reset the connection and drop what it had not sent yet.
+        super().__init__(
+            handshake or ServerHandshake(),
+            ChunkReader(
+                max_message_size=max_message_size,
+                max_chunk_streams=max_chunk_streams,
+                max_partial_bytes=max_partial_bytes,
+                max_chunk_size=max_chunk_size,
+            ),
+            window_ack_size=window_ack_size,
+            peer_window=0,
         )
-        self._writer = ChunkWriter()
-        self._out: list[bytes] = []
+        self.state = State.HANDSHAKE
         self._chunk_size = chunk_size
-        self._window_ack_size = window_ack_size
         self._peer_bandwidth = peer_bandwidth
-        self.bytes_received = 0
-        self._last_ack = 0
-        # Acknowledgements go out only once the peer has announced a window (as SRS does).
-        # ffmpeg never announces one; acks it has not read when it closes its socket make
-        # its kernel reset the connection and drop what it had not sent yet.
-        self._peer_window = 0
         self.app = ""
         self.app_query = ""
         self.tc_url = ""
@@ -198,17 +188,13 @@ class ServerConnection:
         items: list[ReceivedItem] = []
         try:
             if self.state is State.HANDSHAKE:
-                hs = self._handshake
-                hs.receive_data(data)
-                out = hs.data_to_send()
-                if out:
-                    self._out.append(out)
-                if not hs.done:
+                rest = self._drive_handshake(data)
+                if rest is None:
                     return []
                 self.state = State.AWAIT_CONNECT
-                data = hs.unused_data
-                if not data:
+                if not rest:
                     return []
+                data = rest
             for msg in self._reader.feed(data):
                 type_id = msg.type_id
                 if type_id in (VIDEO, AUDIO):
@@ -225,8 +211,7 @@ class ServerConnection:
             if self._reader.error is not None:
                 raise self._reader.error
             if self._peer_window and self.bytes_received - self._last_ack >= self._peer_window:
-                self._last_ack = self.bytes_received
-                self._send_control(MessageType.ACKNOWLEDGEMENT, u32(self.bytes_received))
+                self._ack_if_due()
             return items
         except RemoteProtocolError as err:
             self.state = State.CLOSED
@@ -235,20 +220,6 @@ class ServerConnection:
 
     # --- output --------------------------------------------------------------------------
 
-    def data_to_send(self) -> bytes:
-        """Drain the bytes queued for the peer."""
-        out = self._out
-        if not out:
-            return b""
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        return data
-
-    def send_message(
-        self, csid: int, timestamp: int, type_id: int, stream_id: int, payload: bytes
-    ) -> None:
-        self._out.append(self._writer.write(csid, timestamp, type_id, stream_id, payload))
-
     def send_raw(self, data: bytes) -> None:
         """Queue chunks framed elsewhere (a fan-out encodes a message once for many players).
 
@@ -256,11 +227,6 @@ class ServerConnection:
         `send_message`; a type-0 header on every first chunk keeps them self-contained.
         """
         self._out.append(data)
-
-    @property
-    def out_chunk_size(self) -> int:
-        """The chunk size this side sends with (announced at connect)."""
-        return self._writer.chunk_size
 
     def send_command(self, stream_id: int, name: str, tid: float, *args: Any) -> None:
         csid = CSID_COMMAND if stream_id == 0 else CSID_STATUS
@@ -271,12 +237,6 @@ class ServerConnection:
     ) -> None:
         info = {"level": level, "code": code, "description": description, **extra}
         self.send_command(stream_id, "onStatus", 0.0, None, info)
-
-    def send_user_control(self, event: int, *args: int) -> None:
-        self._send_control(MessageType.USER_CONTROL, user_control_body(event, *args))
-
-    def _send_control(self, type_id: int, body: bytes) -> None:
-        self.send_message(CSID_CONTROL, 0, type_id, 0, body)
 
     # --- owner decisions -----------------------------------------------------------------
 
@@ -432,77 +392,17 @@ class ServerConnection:
 
     def _on_aggregate(self, msg: Message, items: list[ReceivedItem]) -> None:
         """Split an aggregate message (type 22) into its FLV-tag-shaped sub-messages."""
-        body = msg.payload
-        pos = 0
-        base: int | None = None
-        while pos + 11 <= len(body):
-            tag_type, hi, lo, ts_hi, ts_lo, ts_ext, _ = _AGG_HEADER.unpack_from(body, pos)
-            size = (hi << 8) | lo
-            ts = (ts_ext << 24) | (ts_hi << 8) | ts_lo
-            end = pos + 11 + size
-            if end > len(body):
-                raise RemoteProtocolError(
-                    f"aggregate message: sub-message of {size} bytes at offset {pos} "
-                    f"runs past the {len(body)}-byte body"
-                )
-            if base is None:
-                base = ts
-            sub = Message(
-                msg.csid,
-                (msg.timestamp + ts - base) & 0xFFFFFFFF,
-                tag_type & 0x1F,
-                msg.stream_id,
-                body[pos + 11 : end],
-            )
+        for sub in self._aggregate_parts(msg):
             if sub.type_id in (AUDIO, VIDEO):
                 if sub.stream_id in self._media_in:
                     items.append(sub)
             elif sub.type_id == DATA_AMF0:
                 self._on_data(sub, items)
-            pos = end + 4  # skip the back pointer
-
-    def _on_control(self, msg: Message, items: list[ReceivedItem]) -> None:
-        type_id = msg.type_id
-        if type_id == MessageType.WINDOW_ACK_SIZE:
-            size = parse_window_ack_size(msg.payload)
-            if size == 0:
-                raise RemoteProtocolError(
-                    "Window Acknowledgement Size 0, expected a positive window"
-                )
-            self._peer_window = size
-        elif type_id == MessageType.ACKNOWLEDGEMENT:
-            items.append(Acknowledged(parse_acknowledgement(msg.payload)))
-        elif type_id == MessageType.USER_CONTROL:
-            event, arg, _ = parse_user_control(msg.payload)
-            if event == UserControlEvent.PING_REQUEST:
-                self.send_user_control(UserControlEvent.PING_RESPONSE, arg)
-        elif type_id == MessageType.SET_PEER_BANDWIDTH:
-            # RTMP 1.0 5.4.5: answer with a Window Acknowledgement Size when it differs.
-            size, _limit = parse_set_peer_bandwidth(msg.payload)
-            if size and size != self._window_ack_size:
-                self._window_ack_size = size
-                self._send_control(MessageType.WINDOW_ACK_SIZE, u32(size))
-        # Set Chunk Size and Abort were applied by the chunk reader; shared objects and
-        # unknown types are ignored, as Flash Media Server does.
 
     def _on_command(self, msg: Message, items: list[ReceivedItem]) -> None:
-        payload = msg.payload
-        if msg.type_id == COMMAND_AMF3:
-            if not payload:
-                raise AMFError("AMF3 command message with an empty body, expected a command")
-            payload = payload[1:]
-        values = amf0.decode_all(payload)
-        if len(values) < 2 or not isinstance(values[0], str):
-            raise AMFError(
-                f"command message of {len(msg.payload)} bytes decodes to {_short(values)}, "
-                "expected a command name string and a transaction id"
-            )
-        name = values[0]
-        tid = values[1]
-        if isinstance(tid, bool) or not isinstance(tid, (int, float)):
-            raise AMFError(f"command {name!r}: transaction id {tid!r}, expected a number")
-        cmd_obj = values[2] if len(values) > 2 else None
-        args = values[3:]
+        name, tid, rest = decode_command(msg)
+        cmd_obj = rest[0] if rest else None
+        args = rest[1:]
         if self.state is State.AWAIT_CONNECT and name != "connect":
             raise RemoteProtocolError(f"command {name!r} before connect, expected 'connect'")
         handler = _COMMANDS.get(name)
@@ -511,7 +411,7 @@ class ServerConnection:
                 self.send_command(
                     0,
                     "_error",
-                    float(tid),
+                    tid,
                     None,
                     {
                         "level": "error",
@@ -519,9 +419,9 @@ class ServerConnection:
                         "description": f"Method not found ({name}).",
                     },
                 )
-            items.append(CommandReceived(name, float(tid), msg.stream_id, tuple(values[2:])))
+            items.append(CommandReceived(name, tid, msg.stream_id, tuple(rest)))
             return
-        handler(self, float(tid), cmd_obj, args, msg.stream_id, items)
+        handler(self, tid, cmd_obj, args, msg.stream_id, items)
 
     # --- commands ------------------------------------------------------------------------
 
@@ -553,8 +453,7 @@ class ServerConnection:
             MessageType.SET_PEER_BANDWIDTH, set_peer_bandwidth_body(self._peer_bandwidth, 2)
         )
         if self._chunk_size != self._writer.chunk_size:
-            self._send_control(MessageType.SET_CHUNK_SIZE, u32(self._chunk_size))
-            self._writer.set_chunk_size(self._chunk_size)
+            self._set_out_chunk_size(self._chunk_size)
         props: dict[str, Any] = {"fmsVer": FMS_VERSION, "capabilities": 31.0, "mode": 1.0}
         info: dict[str, Any] = {
             "level": "status",
@@ -803,8 +702,3 @@ def _num(args: list[Any], index: int, default: float) -> float:
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             return float(v)
     return default
-
-
-def _short(values: list[Any]) -> str:
-    text = repr(values)
-    return text if len(text) <= 120 else text[:117] + "..."

@@ -1,0 +1,360 @@
+"""The asyncio client (`rtmp2server.client`) against real servers over loopback sockets.
+
+Our in-process `RTMPServer` records what the client publishes (bit-exact, over rtmp:// and
+rtmps:// with trustme certificates); the client plays from it while a real ffmpeg publishes,
+and every message it gets is checked against the server's recording of that publish. Status
+errors (a second publisher of a name, an `_error` answer) raise `StatusError` with the code.
+nginx-rtmp (Debian's libnginx-mod-rtmp) is the second, independent server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+from rtmp2server.client import URL, Client, ClientError, StatusError, connect
+from rtmp2server.config import Listener
+from rtmp2server.protocol import amf0, enhanced, flv
+from rtmp2server.protocol.connection import ServerConnection, State
+from rtmp2server.protocol.messages import AUDIO, DATA_AMF0, VIDEO, Message
+from rtmp2server.server import RTMPServer, ServerConfig
+from rtmp2server.server.registry import StreamRegistry
+from support.clients import chunk_message, start_looping_publisher
+from support.media import SourceMedia
+from support.server import free_port
+from test_server import frames, recording, run, wait_for
+
+META = {"videocodecid": 7.0, "audiocodecid": 10.0}
+
+
+async def publish_with_client(
+    url: str, name: str, media: list[tuple[int, int, bytes]], **kw: object
+) -> None:
+    async with connect(url, **kw) as client:  # type: ignore[arg-type]
+        await client.publish(name)
+        await client.send_metadata(META)
+        for type_id, ts, payload in media:
+            await client.send_media(type_id, ts, payload)
+
+
+def assert_recorded(record_dir: Path, name: str, media: list[tuple[int, int, bytes]]) -> None:
+    tags = recording(record_dir, "live", name)
+    assert tags[0].tag_type == 18
+    assert amf0.decode_all(tags[0].body) == ["onMetaData", amf0.ECMAArray(META)]
+    assert [(t.tag_type, t.timestamp, t.body) for t in tags[1:]] == media
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("rtmp://h/live", URL("rtmp", "h", 1935, "live", "rtmp://h/live")),
+        ("rtmps://h:4443/live/", URL("rtmps", "h", 4443, "live", "rtmps://h:4443/live/")),
+        ("rtmp://h/app/inst?k=1", URL("rtmp", "h", 1935, "app/inst?k=1", "rtmp://h/app/inst?k=1")),
+    ],
+)
+def test_url_parse(url: str, expected: URL) -> None:
+    assert URL.parse(url) == expected
+
+
+@pytest.mark.parametrize("url", ["http://h/live", "rtmp:///live", "rtmp://h", "rtmp://h/"])
+def test_url_parse_refuses(url: str) -> None:
+    with pytest.raises(ValueError):
+        URL.parse(url)
+
+
+def test_publish_is_recorded_bit_exact(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    media = frames(60)
+
+    async def main() -> None:
+        async with RTMPServer(ServerConfig(host="127.0.0.1", port=0, record_dir=tmp_path)) as s:
+            await publish_with_client(f"rtmp://127.0.0.1:{s.port}/live", "cam", media)
+            # The clean close (FCUnpublish, deleteStream) ends the publish at the server.
+            await wait_for(lambda: len(s.registry) == 0)
+
+    with caplog.at_level(logging.INFO):
+        run(main())
+    assert_recorded(tmp_path, "cam", media)
+    (stop,) = [r.getMessage() for r in caplog.records if "publish stop" in r.getMessage()]
+    assert "video=61 audio=61 data=1 " in stop, stop
+    assert stop.endswith("(deleteStream)"), stop  # the clean close, not a dropped socket
+
+
+def test_publish_over_rtmps_is_recorded_bit_exact(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(b"".join(pem.bytes() for pem in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(str(key))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    media = frames(40)
+    cfg = ServerConfig(
+        host="127.0.0.1",
+        port=0,
+        listen=[Listener("rtmps", "127.0.0.1", 0)],
+        tls_cert=cert,
+        tls_key=key,
+        record_dir=tmp_path / "rec",
+    )
+
+    async def main() -> None:
+        async with RTMPServer(cfg) as s:
+            (tls,) = [lst for lst in s.listeners if lst.tls]
+            await publish_with_client(
+                f"rtmps://127.0.0.1:{tls.port}/live", "tls", media, ssl=context
+            )
+            await wait_for(lambda: len(s.registry) == 0)
+            # Our certificate is checked: without the test CA the handshake fails.
+            with pytest.raises(ClientError, match="cannot connect"):
+                async with connect(f"rtmps://127.0.0.1:{tls.port}/live"):
+                    pass
+
+    run(main())
+    assert_recorded(tmp_path / "rec", "tls", media)
+
+
+def test_status_errors_raise_with_code_and_description(tmp_path: Path) -> None:
+    cfg = ServerConfig(host="127.0.0.1", port=0)
+
+    async def main() -> None:
+        async with RTMPServer(cfg, registry=StreamRegistry(republish="refuse")) as s:
+            url = f"rtmp://127.0.0.1:{s.port}/live"
+            async with connect(url) as first:
+                await first.publish("same")
+                async with connect(url) as second:
+                    with pytest.raises(StatusError) as info:
+                        await second.publish("same")
+                    assert info.value.code == "NetStream.Publish.BadName"
+                    assert info.value.command == "publish"
+                    assert "NetStream.Publish.BadName" in str(info.value)
+                    # An `_error` answer (unknown method) raises the same way.
+                    with pytest.raises(StatusError) as info:
+                        await second._call("noSuchMethod", second.conn.call("noSuchMethod", None))
+                    assert info.value.code == "NetConnection.Call.Failed"
+                    assert info.value.description == "Method not found (noSuchMethod)."
+
+    run(main())
+
+
+def test_a_refused_connection_and_a_silent_server_are_client_errors() -> None:
+    async def main() -> None:
+        held: list[asyncio.StreamWriter] = []  # accepted, never answered
+
+        def hold(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            held.append(w)
+
+        silent = await asyncio.start_server(hold, "127.0.0.1", 0)
+        port = silent.sockets[0].getsockname()[1]
+        with pytest.raises(ClientError, match=r"connect: no answer within 0\.3 s"):
+            async with connect(f"rtmp://127.0.0.1:{port}/live", timeout=0.3):
+                pass
+        for w in held:
+            w.close()
+        silent.close()
+        await silent.wait_closed()
+        with pytest.raises(ClientError, match="cannot connect"):
+            async with connect(f"rtmp://127.0.0.1:{port}/live", timeout=2):
+                pass
+
+    run(main())
+
+
+def recorded_frames(path: Path) -> list[flv.Tag]:
+    _header, tags = flv.read_flv(path.read_bytes())
+    return tags
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(90)
+def test_play_while_ffmpeg_publishes_every_message_checked(
+    tmp_path: Path, source: SourceMedia
+) -> None:
+    played: list[Message] = []
+
+    async def main() -> None:
+        cfg = ServerConfig(host="127.0.0.1", port=0, record_dir=tmp_path)
+        async with RTMPServer(cfg) as s:
+            publisher = start_looping_publisher(source.path, f"rtmp://127.0.0.1:{s.port}/live/loop")
+            try:
+                await wait_for(lambda: len(s.registry) == 1, timeout=15)
+                async with connect(f"rtmp://127.0.0.1:{s.port}/live") as client:
+                    async for message in client.play("loop"):
+                        played.append(message)
+                        videos = sum(1 for m in played if m.type_id == VIDEO)
+                        if videos >= 150:  # more than two loops of the 2 s source
+                            break
+            finally:
+                publisher.kill()
+            await wait_for(lambda: len(s.registry) == 0)
+
+    run(main())
+    (path,) = (tmp_path / "live").glob("loop-*.flv")
+    ref = recorded_frames(path)
+    # Data first: |RtmpSampleAccess (our play answer) and onMetaData before any frame.
+    datas = [amf0.decode_all(m.payload)[0] for m in played if m.type_id == DATA_AMF0]
+    assert "onMetaData" in datas
+    first_frame = next(i for i, m in enumerate(played) if m.type_id in (AUDIO, VIDEO))
+    assert all(m.type_id == DATA_AMF0 for m in played[:first_frame])
+    for kind in (VIDEO, AUDIO):
+        got = [m for m in played if m.type_id == kind]
+        rec = [t.body for t in ref if t.tag_type == kind]
+        # Sequence header first, then a run of the recording's frames, every one, in order.
+        if kind == VIDEO:
+            assert enhanced.classify_video(got[0].payload).is_sequence_header
+        else:
+            assert got[0].payload[1] == 0  # AAC sequence header
+        body = [m.payload for m in got[1:]]
+        starts = [i for i in range(len(rec) - len(body) + 1) if rec[i : i + len(body)] == body]
+        assert starts, f"type {kind}: the {len(body)} played frames are not a run of the recording"
+        if kind == VIDEO:
+            assert enhanced.classify_video(body[0]).is_keyframe, "playback starts mid-GOP"
+        ts = [m.timestamp for m in got]
+        assert ts == sorted(ts), f"type {kind}: timestamps go back"
+
+
+NGINX_CONF = """\
+load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
+daemon off;
+master_process off;
+worker_processes 1;
+error_log {dir}/error.log info;
+pid {dir}/nginx.pid;
+events {{ worker_connections 64; }}
+rtmp {{
+    server {{
+        listen 127.0.0.1:{port};
+        application live {{ live on; }}
+    }}
+}}
+"""
+
+
+@pytest.fixture
+def nginx_rtmp(tmp_path: Path) -> Iterator[int]:
+    """nginx with libnginx-mod-rtmp (Debian's), one live application; its port."""
+    port = free_port()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=tmp_path, port=port))
+    proc = subprocess.Popen(
+        ["nginx", "-p", str(tmp_path), "-e", str(tmp_path / "error.log"), "-c", str(conf)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(250):
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None, (tmp_path / "error.log").read_text()
+            time.sleep(0.02)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_publish_to_and_play_from_nginx_rtmp(nginx_rtmp: int) -> None:
+    """A second, independent server: what one client publishes to nginx-rtmp, another plays
+    back, every frame bit-exact and in order per kind (nginx sends a video sequence header
+    and keyframe ahead of the audio sequence header), with nginx's own onMetaData."""
+    media = frames(40)
+    url = f"rtmp://127.0.0.1:{nginx_rtmp}/live"
+    played: list[Message] = []
+
+    async def player(client: Client) -> None:
+        async for message in client.play("s"):
+            played.append(message)
+            if sum(1 for m in played if m.type_id in (AUDIO, VIDEO)) == len(media):
+                break
+
+    async def main() -> None:
+        async with connect(url) as client:
+            task = asyncio.create_task(player(client))
+            # nginx answers Play.Start at once and holds the play until the publish comes.
+            await asyncio.wait_for(client.started.wait(), 10)
+            await publish_with_client(url, "s", media)
+            await asyncio.wait_for(task, 20)
+
+    run(main())
+    for kind in (VIDEO, AUDIO):
+        got = [(m.timestamp, m.payload) for m in played if m.type_id == kind]
+        assert got == [(ts, p) for t, ts, p in media if t == kind], f"type {kind} differs"
+    datas = [amf0.decode_all(m.payload)[0] for m in played if m.type_id == DATA_AMF0]
+    assert "onMetaData" in datas
+
+
+def test_bytes_that_break_the_protocol_are_a_client_error(caplog: pytest.LogCaptureFixture) -> None:
+    """A server that completes the handshake, then sends an empty command message: the
+    client raises `ClientError` naming what arrived, and logs one line."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        server = ServerConnection()
+        while server.state is State.HANDSHAKE:
+            server.receive_data(await reader.read(65536))
+            writer.write(server.data_to_send())
+        writer.write(chunk_message(3, 20, b""))
+        await writer.drain()
+        await reader.read(65536)
+        writer.close()
+
+    async def main() -> None:
+        bad = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = bad.sockets[0].getsockname()[1]
+        async with connect(f"rtmp://127.0.0.1:{port}/live", timeout=5) as client:
+            # connect was answered in the read that ended the handshake; the bad command
+            # follows it, and fails what comes next.
+            with pytest.raises(ClientError, match="command message of 0 bytes") as info:
+                await client.publish("x")
+        assert not isinstance(info.value, StatusError)
+        bad.close()
+        await bad.wait_closed()
+
+    with caplog.at_level(logging.WARNING):
+        run(main())
+    lines = [r.getMessage() for r in caplog.records if "broke the protocol" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "command message of 0 bytes" in lines[0]
+
+
+def test_play_ends_when_the_server_closes_the_connection(tmp_path: Path) -> None:
+    """Every frame published while the play is on arrives, in order; when the server shuts
+    down, the iteration ends without an error."""
+    media = frames(20)
+    played: list[Message] = []
+
+    async def main() -> None:
+        s = RTMPServer(ServerConfig(host="127.0.0.1", port=0))
+        await s.start()
+        url = f"rtmp://127.0.0.1:{s.port}/live"
+        async with connect(url) as publisher, connect(url) as player:
+            await publisher.publish("p")
+
+            async def play() -> None:
+                async for message in player.play("p"):
+                    played.append(message)
+
+            task = asyncio.create_task(play())
+            await asyncio.wait_for(player.started.wait(), 10)
+            for type_id, ts, payload in media:
+                await publisher.send_media(type_id, ts, payload)
+            await wait_for(lambda: sum(m.type_id in (AUDIO, VIDEO) for m in played) == len(media))
+            await s.close()
+            await asyncio.wait_for(task, 10)  # ended, and raised nothing
+            assert player.closed.is_set()
+
+    run(main())
+    assert [
+        (m.type_id, m.timestamp, m.payload) for m in played if m.type_id in (AUDIO, VIDEO)
+    ] == media
