@@ -16,6 +16,12 @@ apt_packages=(
     # is in plugins-bad, vp9dec and flacdec in good, opusdec in base
     gstreamer1.0-libav
 )
+extras="${RTMP2_EXTRAS:-}"
+if [[ ",$extras," == *",test,"* ]]; then
+    # The tests' second, independent RTMP server (tests/test_client.py): nginx with
+    # nginx-rtmp. Its service is not started (see policy-rc.d below).
+    apt_packages+=(nginx-light libnginx-mod-rtmp)
+fi
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -25,10 +31,20 @@ if ((${#missing[@]})); then
     sudo_cmd=()
     [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
     "${sudo_cmd[@]}" apt-get update -qq
+    # No package may start its service here (nginx would take port 80): policy-rc.d says no
+    # for the install, and is removed after it unless it was there before.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | "${sudo_cmd[@]}" tee "$policy" >/dev/null
+        "${sudo_cmd[@]}" chmod +x "$policy"
+        own_policy=1
+    fi
+    if ((own_policy)); then trap '"${sudo_cmd[@]}" rm -f "$policy"' EXIT; fi
     DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}"
+    if ((own_policy)); then "${sudo_cmd[@]}" rm -f "$policy"; trap - EXIT; fi
 fi
 
-extras="${RTMP2_EXTRAS:-}"
 stamp=".venv/.setup-stamp${extras:+-$extras}"
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv from /usr/bin/python3 (with system site packages for gi/Gst)"
