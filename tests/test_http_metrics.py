@@ -135,6 +135,8 @@ def test_callback_latency_is_a_histogram_by_action_and_outcome(tmp_path: Path) -
         finally:
             await server.close()
             await runner.cleanup()
+            # The HTTP side's observer left with its listener: AccessControl holds nothing of it.
+            assert server.access.on_callback == []
 
     samples = asyncio.run(main())
     assert _latency(samples, "count") == {"allowed": 2, "denied": 1, "failed": 1}
