@@ -1,4 +1,10 @@
-"""The `rtmp2-server` command: a standalone RTMP server that records and relays every stream."""
+"""The `rtmp2-server` command: a standalone RTMP server that records and relays every stream.
+
+`rtmp2-server status` is its one subcommand: the live streams of a running server, read from
+its JSON API (`GET /api/v1/streams`), as a table. It is recognised as the first argument before
+the server's own parser runs, so every server option keeps its meaning and nothing else changes
+for `rtmp2-server` without it.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,11 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import __version__, config
 from .config import ServerConfig
-from .logs import get_logger
+from .logs import escape, get_logger
 from .server import RTMPServer
 from .server.server import raise_fd_limit
 
@@ -124,7 +130,140 @@ async def run(cfg: ServerConfig, args: argparse.Namespace | None = None) -> int:
     return 0
 
 
+# --- rtmp2-server status ---------------------------------------------------------------------
+
+STATUS_COLUMNS = ("STREAM", "CODEC", "RESOLUTION", "FPS", "BITRATE", "PLAYERS", "WARNINGS")
+
+
+def build_status_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="rtmp2-server status",
+        description="The live streams of a running rtmp2-server, from its HTTP API.",
+    )
+    p.add_argument(
+        "--http",
+        default="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="the server's HTTP listener (its --http; default 127.0.0.1:8080)",
+    )
+    p.add_argument(
+        "--api-token", default="", metavar="TOKEN", help="the server's api_token, when it has one"
+    )
+    p.add_argument("--watch", action="store_true", help="refresh every second until Ctrl-C")
+    return p
+
+
+def _kbits(bits: float) -> str:
+    return f"{bits / 1000:.0f} kb/s" if bits < 10_000_000 else f"{bits / 1e6:.1f} Mb/s"
+
+
+def status_rows(streams: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """One row per stream of an `/api/v1/streams` answer, in `STATUS_COLUMNS` order. Names
+    and warnings come from the publisher: escaped, as in a log line."""
+    rows: list[tuple[str, ...]] = []
+    for s in streams:
+        tracks = s.get("tracks", [])
+        video = next((t for t in tracks if t.get("kind") == "video"), None)
+        ordered = sorted(tracks, key=lambda t: t.get("kind") != "video")  # video first
+        codecs = "+".join(t["codec"] for t in ordered if t.get("codec")) or "-"
+        size = "-"
+        if video is not None and video.get("width") and video.get("height"):
+            size = f"{video['width']}x{video['height']}"
+        fps = s.get("health", {}).get("fps")
+        if fps is None and video is not None:
+            fps = video.get("fps")  # what the encoder declared, until enough frames arrived
+        rows.append(
+            (
+                escape(f"{s['app']}/{s['name']}"),
+                escape(codecs),
+                size,
+                "-" if fps is None else f"{fps:.2f}".rstrip("0").rstrip("."),
+                _kbits(s.get("bitrate_in", 0)),
+                str(len(s.get("players", []))),
+                escape("; ".join(s.get("warnings", []))) or "-",
+            )
+        )
+    return rows
+
+
+def format_table(rows: list[tuple[str, ...]]) -> str:
+    table: list[tuple[str, ...]] = [STATUS_COLUMNS, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(STATUS_COLUMNS))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in table
+    ]
+    if not rows:
+        lines.append("(no live streams)")
+    return "\n".join(lines)
+
+
+class StatusError(Exception):
+    """Why the server's streams could not be read (one line)."""
+
+
+async def fetch_streams(http: Any, base: str, token: str) -> list[dict[str, Any]]:
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        async with http.get(
+            base + "/api/v1/streams", headers=headers, timeout=aiohttp.ClientTimeout(total=5)
+        ) as r:
+            if r.status == 401:
+                raise StatusError(f"{base} wants a bearer token: --api-token TOKEN")
+            if r.status != 200:
+                raise StatusError(f"{base}/api/v1/streams answered {r.status}")
+            doc = await r.json()
+    except (TimeoutError, aiohttp.ClientError, OSError) as err:
+        raise StatusError(f"cannot reach {base}: {err or type(err).__name__}") from None
+    streams = doc.get("streams") if isinstance(doc, dict) else None
+    if not isinstance(streams, list):
+        raise StatusError(f"{base}/api/v1/streams: not a streams document")
+    return streams
+
+
+async def _status(args: argparse.Namespace, base: str) -> int:
+    import aiohttp
+
+    # Clear the screen between refreshes only on a terminal; a pipe gets one table after another.
+    clear = "\x1b[H\x1b[2J" if args.watch and sys.stdout.isatty() else ""
+    async with aiohttp.ClientSession() as http:
+        while True:
+            try:
+                streams = await fetch_streams(http, base, args.api_token)
+            except StatusError as err:
+                print(f"rtmp2-server status: {err}", file=sys.stderr)
+                if not args.watch:
+                    return 1
+            else:
+                print(clear + format_table(status_rows(streams)), flush=True)
+                if not args.watch:
+                    return 0
+            await asyncio.sleep(1.0)
+            if not clear:
+                print(flush=True)
+
+
+def status_main(argv: list[str]) -> int:
+    args = build_status_parser().parse_args(argv)
+    try:
+        host, port = config.http_address(args.http)
+    except ValueError as err:
+        print(f"rtmp2-server status: error: --http {args.http!r}: {err}", file=sys.stderr)
+        return 2
+    base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    try:
+        return asyncio.run(_status(args, base))
+    except KeyboardInterrupt:  # how --watch ends
+        return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["status"]:
+        return status_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         resolved = resolve_args(args)

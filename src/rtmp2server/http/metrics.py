@@ -5,7 +5,9 @@ scrape time (the registry's streams with their `StreamStats`, the sessions, the 
 players), so a stream's series exist exactly while it is published: cardinality stays that
 of the live streams. Each server has its own `CollectorRegistry` (several servers in one
 process, as in the tests, do not share series); the process metrics (CPU, memory, file
-descriptors) are prometheus-client's own collectors.
+descriptors) are prometheus-client's own collectors. The one series that cannot be read at
+scrape time, the access callbacks' latency, is a histogram fed by an `AccessControl.on_callback`
+observer that this module adds with the routes and removes when the application is cleaned up.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -130,12 +132,33 @@ class ServerCollector(Collector):
         for reason, count in sorted(rtmp.refusal_counts.items()):
             refused.add_metric([reason], count)
         yield refused
-        hooks = CounterMetricFamily(
-            "rtmp2_webhook_events", "Webhook events, by outcome", labels=["outcome"]
+        errors = CounterMetricFamily(
+            "rtmp2_protocol_errors",
+            "Connections closed for bad input from the peer, by error kind",
+            labels=["kind"],
         )
-        for outcome in ("sent", "failed", "dropped"):
-            hooks.add_metric([outcome], getattr(rtmp.webhooks, outcome, 0))
+        for kind, count in sorted(rtmp.protocol_errors.items()):
+            errors.add_metric([kind], count)
+        yield errors
+        webhooks = rtmp.webhooks
+        hooks = CounterMetricFamily(
+            "rtmp2_webhook_events",
+            "Webhook events delivered (sent), given up after every attempt failed (given_up), "
+            "or dropped for a full queue (dropped)",
+            labels=["outcome"],
+        )
+        for outcome in ("sent", "given_up", "dropped"):
+            hooks.add_metric([outcome], getattr(webhooks, outcome))
         yield hooks
+        yield CounterMetricFamily(
+            "rtmp2_webhook_failed_deliveries",
+            "Webhook deliveries that failed (not 2xx, a timeout, a refused connection); "
+            "each is retried until the event is given up",
+            value=webhooks.failed,
+        )
+        yield GaugeMetricFamily(
+            "rtmp2_webhook_queue", "Webhook events waiting to be sent", value=webhooks.pending
+        )
         yield GaugeMetricFamily(
             "rtmp2_http_flv_players", "HTTP-FLV players", value=len(side.flv_players())
         )
@@ -150,6 +173,24 @@ def add_routes(app: web.Application, side: HttpServer) -> None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServerCollector(side))
     ProcessCollector(registry=registry)
+    latency = Histogram(
+        "rtmp2_access_callback_duration_seconds",
+        "Time until the access callback service answered (or failed), by action and outcome",
+        labelnames=["action", "outcome"],
+        registry=registry,
+    )
+
+    def observe(action: str, outcome: str, seconds: float) -> None:
+        latency.labels(action, outcome).observe(seconds)
+
+    observers = side.rtmp.access.on_callback
+    observers.append(observe)
+
+    async def forget(_app: web.Application) -> None:
+        if observe in observers:
+            observers.remove(observe)
+
+    app.on_cleanup.append(forget)
 
     async def metrics(request: web.Request) -> web.Response:
         body = generate_latest(registry)

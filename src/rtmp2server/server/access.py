@@ -30,7 +30,7 @@ import ipaddress
 import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -188,6 +188,10 @@ class AccessControl:
         self.config.validate()
         self._failures: dict[str, tuple[int, float]] = {}
         self._http: Any = None  # aiohttp.ClientSession, made on first use
+        # Told of every callback: (action, outcome, seconds), outcome `allowed`, `denied` or
+        # `failed` (no answer: a timeout or a refused connection). The HTTP side turns these
+        # into a histogram; nothing here depends on it.
+        self.on_callback: list[Callable[[str, str, float], None]] = []
 
     @property
     def open(self) -> bool:
@@ -241,6 +245,17 @@ class AccessControl:
     # --- callbacks -------------------------------------------------------------------------
 
     async def _callback(self, url: str, req: Request) -> Decision:
+        started = time.monotonic()
+        decision, answered = await self._ask(url, req)
+        if self.on_callback:
+            elapsed = time.monotonic() - started
+            outcome = "failed" if not answered else "allowed" if decision.allowed else "denied"
+            for observer in list(self.on_callback):
+                observer(req.action, outcome, elapsed)
+        return decision
+
+    async def _ask(self, url: str, req: Request) -> tuple[Decision, bool]:
+        """The callback's decision, and whether the service answered at all."""
         import aiohttp
 
         cfg = self.config
@@ -278,10 +293,10 @@ class AccessControl:
                 time.monotonic() - started,
                 "allowing (fail open)" if cfg.fail_open else "denying",
             )
-            return Decision(cfg.fail_open, req.name, reason=f"callback {what}")
+            return Decision(cfg.fail_open, req.name, reason=f"callback {what}"), False
         if cfg.callback_format == "nginx":
-            return _nginx_answer(req, status, location)
-        return _json_answer(req, status, body)
+            return _nginx_answer(req, status, location), True
+        return _json_answer(req, status, body), True
 
     async def close(self) -> None:
         if self._http is not None:

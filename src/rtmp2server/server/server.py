@@ -135,6 +135,7 @@ class Session(asyncio.BufferedProtocol):
                 # Keep every complete message that arrived before the bad bytes.
                 self._dispatch(err.partial, events=False)
                 log.warning("peer %s: %s; closing the connection", self.peer, err)
+                self.server.protocol_errors[type(err).__name__] += 1
                 # The error stays in the reader; without its traceback it pins no frames,
                 # so the closed connection is freed by reference counting.
                 err.__traceback__ = None
@@ -728,6 +729,9 @@ class RTMPServer:
         self._refused: dict[str, tuple[int, float]] = {}
         # Refusals since the start, by kind (the HTTP side's metrics read them).
         self.refusal_counts: collections.Counter[str] = collections.Counter()
+        # Connections closed for bad input since the start, by the error's class name
+        # (ChunkError, BudgetExceeded, AMFError, HandshakeError, ...), for the metrics.
+        self.protocol_errors: collections.Counter[str] = collections.Counter()
         self.http: HttpServer | None = None  # the HTTP side, when config.http
         # One receive buffer for all sessions: a read is copied out of it before the next.
         self._read_view = memoryview(bytearray(READ_SIZE))

@@ -58,6 +58,7 @@ class Webhooks:
         self.dropped = 0
         self.failed = 0
         self.sent = 0
+        self.given_up = 0  # events dropped after `max_attempts` failed deliveries
         self._drop_logged = 0.0
 
     def emit(self, event: str, **data: Any) -> None:
@@ -113,12 +114,18 @@ class Webhooks:
                         why = f"failed: {err or type(err).__name__}"
                     self.failed += 1
                     if attempt == cfg.max_attempts:
+                        self.given_up += 1
                         log.warning("webhook: event given up after %d attempts (%s)", attempt, why)
                         break
                     log.info("webhook: delivery %s; retrying in %.1f s", why, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
                 self._queue.task_done()
+
+    @property
+    def pending(self) -> int:
+        """Events waiting in the queue (the one being delivered included)."""
+        return 0 if self._queue is None else self._queue.qsize()
 
     async def close(self, timeout: float = 2.0) -> None:
         """Give the queue `timeout` seconds to drain, then stop the sender."""
