@@ -234,7 +234,9 @@ def ours_args(port: int, rec: Path, tls: TLSFiles | None = None) -> list[str]:
             *("--listen", f"rtmps://127.0.0.1:{port}"),
             *("--tls-cert", str(tls.cert), "--tls-key", str(tls.key)),
         ]
-    return [*listen, "--record-dir", str(rec), "--log-level", "warning"]
+    # No HTTP side: the figures stay comparable with the runs before it existed, and one
+    # server per run may not hold 8080 while another waits for it.
+    return [*listen, "--record-dir", str(rec), "--log-level", "warning", "--http", ""]
 
 
 def _ours_argv(uvloop: bool, args: list[str]) -> list[str]:
