@@ -224,7 +224,9 @@ def _pyrtmp(work: Path, port: int, rec: Path) -> list[str]:
     ]
 
 
-def ours_args(port: int, rec: Path, tls: TLSFiles | None = None) -> list[str]:
+def ours_args(
+    port: int, rec: Path, tls: TLSFiles | None = None, src: Path = REPO / "src"
+) -> list[str]:
     """rtmp2-server's arguments for a bench run: loopback, `port`, recording to `rec`; with
     `tls`, the one listener is rtmps://127.0.0.1:port on that certificate."""
     if tls is None:
@@ -234,9 +236,12 @@ def ours_args(port: int, rec: Path, tls: TLSFiles | None = None) -> list[str]:
             *("--listen", f"rtmps://127.0.0.1:{port}"),
             *("--tls-cert", str(tls.cert), "--tls-key", str(tls.key)),
         ]
-    # No HTTP side: the figures stay comparable with the runs before it existed, and one
-    # server per run may not hold 8080 while another waits for it.
-    return [*listen, "--record-dir", str(rec), "--log-level", "warning", "--http", ""]
+    args = [*listen, "--record-dir", str(rec), "--log-level", "warning"]
+    if (src / "rtmp2server" / "http").is_dir():
+        # No HTTP side: the figures stay comparable with the runs before it existed, and one
+        # server per run may not hold 8080 while another waits for it.
+        args += ["--http", ""]
+    return args
 
 
 def _ours_argv(uvloop: bool, args: list[str]) -> list[str]:
@@ -245,16 +250,18 @@ def _ours_argv(uvloop: bool, args: list[str]) -> list[str]:
     return [sys.executable, "-c", _BLOCK_UVLOOP, *args]
 
 
-def _ours(uvloop: bool) -> Callable[[Path, int, Path], list[str]]:
+def _ours(uvloop: bool, src: Path = REPO / "src") -> Callable[[Path, int, Path], list[str]]:
     def command(work: Path, port: int, rec: Path) -> list[str]:
-        return _ours_argv(uvloop, ours_args(port, rec))
+        return _ours_argv(uvloop, ours_args(port, rec, src=src))
 
     return command
 
 
-def _ours_rtmps(uvloop: bool) -> Callable[[Path, int, Path, TLSFiles], list[str]]:
+def _ours_rtmps(
+    uvloop: bool, src: Path = REPO / "src"
+) -> Callable[[Path, int, Path, TLSFiles], list[str]]:
     def command(work: Path, port: int, rec: Path, tls: TLSFiles) -> list[str]:
-        return _ours_argv(uvloop, ours_args(port, rec, tls))
+        return _ours_argv(uvloop, ours_args(port, rec, tls, src))
 
     return command
 
@@ -298,9 +305,9 @@ def ours_at(name: str) -> ServerSpec:
     return ServerSpec(
         name,
         lambda: ours_can_play(src),
-        _ours(uvloop),
+        _ours(uvloop, src),
         env=lambda: _ours_env(src),
-        rtmps_command=_ours_rtmps(uvloop) if ours_has_rtmps(src) else None,
+        rtmps_command=_ours_rtmps(uvloop, src) if ours_has_rtmps(src) else None,
         no_rtmps=f"{sha} has no RTMPS listener",
     )
 
