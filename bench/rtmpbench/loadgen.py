@@ -365,7 +365,6 @@ class Conn(asyncio.Protocol):
             if g is not None and replay is not None:
                 raw = replay.raw
                 tails = replay.tails
-                start = pos
                 k = self.k
                 skipped = 0
                 exp = self.exp
@@ -397,7 +396,6 @@ class Conn(asyncio.Protocol):
                     self.resync(g, k, skipped)
                 if pos >= n:
                     break
-                del start
             b0 = buf[pos]
             fmt = b0 >> 6
             csid = b0 & 63
@@ -1007,9 +1005,9 @@ class Run:
             why.append(f"a player {max_lag:.1f} s behind")
         if errors:
             why.append("lost: " + ", ".join(f"{k} x{v}" for k, v in errors.items()))
-        if any(p.closed for p in self.publishers) or any(p.closed for p in self.players):
-            if not errors:
-                why.append("a connection closed")
+        closed = any(c.closed for c in [*self.publishers, *self.players])
+        if closed and not errors:
+            why.append("a connection closed")
         return Level(
             publishers=label[0],
             players=label[1],
@@ -1185,9 +1183,16 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if not args.no_pin:
         os.sched_setaffinity(0, {1})
@@ -1198,12 +1203,10 @@ def main(argv: list[str] | None = None) -> int:
         runner: Callable[[Any], Any] = asyncio.run
     else:
         runner = uvloop.run
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     out = runner(amain(args))
     out["started"] = started.isoformat(timespec="seconds")
-    out["machine"] = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.release()}"
-    )
+    out["machine"] = f"{_cpu_model()}, {os.cpu_count()} cores, Linux {platform.release()}"
     out["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     out["load"] = os.getloadavg()
     text = json.dumps(out, indent=1)
@@ -1216,9 +1219,8 @@ def main(argv: list[str] | None = None) -> int:
             top = [lv for lv in r["levels"] if lv["held"]]
             gen = f"{top[-1]['gen_cpu']:.0f}%" if top else "-"
             srv = f"{top[-1]['server_cpu']:.0f}%" if top else "-"
-            _log(
-                f"{name} {kind}: held {r['held']} (server {srv}, generator {gen}); then: {r['limit']}"
-            )
+            held = f"held {r['held']} (server {srv}, generator {gen})"
+            _log(f"{name} {kind}: {held}; then: {r['limit']}")
     return 0
 
 
