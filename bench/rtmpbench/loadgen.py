@@ -334,7 +334,8 @@ class Conn(asyncio.Protocol):
             self.transport.write(buf[1:1537])  # C2 echoes S1
             self.handshaken = True
             buf = buf[3073:]
-            self.hs_done.set_result(None)
+            if not self.hs_done.done():  # not given up on (a connect timeout)
+                self.hs_done.set_result(None)
         try:
             self.buf = self.parse(buf)
         except Exception as err:  # a bug of ours: counted as a loss, not hidden
