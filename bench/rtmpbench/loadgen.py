@@ -818,6 +818,8 @@ class Level:
     why: str
     mbit_in: float
     """Mbit/s the players received over the window."""
+    examples: list[str] = field(default_factory=list)
+    """The first errors of the run (on the last level)."""
 
 
 NGINX_CONF = """\
@@ -1089,6 +1091,8 @@ async def ramp(
     finally:
         await run.close()
         running.stop()
+    if levels:
+        levels[-1].examples = list(run.stats.examples)
     return levels
 
 
