@@ -339,7 +339,9 @@ class Conn(asyncio.Protocol):
         try:
             self.buf = self.parse(buf)
         except Exception as err:  # a bug of ours: counted as a loss, not hidden
-            self.fail("generator error", f"{type(err).__name__}: {err}")
+            where = err.__traceback__.tb_next if err.__traceback__ else None
+            line = where.tb_lineno if where else 0
+            self.fail("generator error", f"{type(err).__name__}: {err} (loadgen.py:{line})")
             return
         if self.batched and self.transport is not None:
             self.transport.pause_reading()
