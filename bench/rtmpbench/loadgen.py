@@ -933,13 +933,20 @@ class Run:
         loop = asyncio.get_running_loop()
         sem = asyncio.Semaphore(self.args.connect_concurrency)
 
+        # one deadline for the whole step: with connects that time out one after another,
+        # a step of 400 at 16 at a time would otherwise take 25 timeouts
+        deadline = loop.time() + timeout
+
         async def one(c: Conn) -> None:
             async with sem:
                 try:
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        raise TimeoutError(f"the step's connects took over {timeout:g} s")
                     await asyncio.wait_for(
-                        loop.create_connection(lambda: c, "127.0.0.1", self.port), timeout
+                        loop.create_connection(lambda: c, "127.0.0.1", self.port), left
                     )
-                    await c.start(self.port, timeout)
+                    await asyncio.wait_for(c.start(self.port, timeout), max(0.1, left))
                 except Exception as err:
                     self.stats.error("connect", f"{c.label}: {type(err).__name__} {err}")
                     c.closed = True
@@ -1143,7 +1150,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=4 << 20,
         help="a publisher stops writing above this many buffered bytes",
     )
-    ap.add_argument("--timeout", type=float, default=20.0, help="connect/publish/play timeout, s")
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=20.0,
+        help="connect/publish/play timeout, s, and the time a step's connects may take",
+    )
     ap.add_argument("--connect-concurrency", type=int, default=64)
     ap.add_argument("--record", action="store_true", help="servers record every publish")
     ap.add_argument("--media-seconds", type=float, default=10.0)
