@@ -8,6 +8,7 @@
 #   bash bench/run.sh --quick    # 1 short run (about 8 min)
 #   bash bench/run.sh --profile  # py-spy + cProfile of our ingest path -> results/<date>/profile.md
 #   bash bench/run.sh --help     # every option (--runs, --servers, --max-publishers, ...)
+#   bash bench/run.sh capacity   # publishers and players per core (rtmpbench/loadgen.py)
 set -euo pipefail
 bench="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$bench")"
@@ -71,4 +72,9 @@ fi
 cd "$repo"
 export PYTHONPATH="$bench:$repo/src${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$venv/bin:$PATH"
+if [ "${1:-}" = capacity ]; then
+    # capacity per core: `bash bench/run.sh capacity --servers nginx-rtmp,ours+uvloop --window 10`
+    shift
+    exec "$venv/bin/python" -m rtmpbench.loadgen "$@"
+fi
 exec "$venv/bin/python" -m rtmpbench "$@"
