@@ -154,7 +154,7 @@ class ServerConnection(Endpoint):
         # yet (`_open`); those withdrawn or replaced during the current read (`_stale`), which
         # may be answered until the next read.
         self._requests: dict[int, PublishRequest | PlayRequest] = {}
-        self._open: list[PublishRequest | PlayRequest] = []
+        self._open: dict[int, PublishRequest | PlayRequest] = {}  # by id(): identity, not ==
         self._stale: list[PublishRequest | PlayRequest] = []
         # Derived from `stream_states`, for the per-message checks: streams whose media and
         # data come out (publish pending or publishing), and streams being played.
@@ -182,7 +182,8 @@ class ServerConnection(Endpoint):
             raise LocalProtocolError("receive_data() on a closed connection")
         if self._stale:
             # Requests withdrawn during the last read can no longer be answered.
-            self._open = [r for r in self._open if not any(r is x for x in self._stale)]
+            for request in self._stale:
+                self._open.pop(id(request), None)
             self._stale.clear()
         self.bytes_received += len(data)
         items: list[ReceivedItem] = []
@@ -261,7 +262,7 @@ class ServerConnection(Endpoint):
 
     def is_pending(self, request: PublishRequest | PlayRequest) -> bool:
         """Whether `request` awaits an answer and is still the stream's latest request."""
-        return request in self._open and self._requests.get(request.stream_id) is request
+        return id(request) in self._open and self._requests.get(request.stream_id) is request
 
     def _decide(
         self, stream_id: int, decision: str, request: PublishRequest | PlayRequest | None = None
@@ -273,12 +274,12 @@ class ServerConnection(Endpoint):
         at a time would; its answer is sent but moves the stream's state no more."""
         state = self.stream_state(stream_id)
         if request is not None:
-            if request not in self._open:
+            if id(request) not in self._open:
                 raise LocalProtocolError(
                     f"{decision}() on message stream {stream_id} in state {state.value}, "
                     "for a request already answered or withdrawn"
                 )
-            self._open.remove(request)
+            del self._open[id(request)]
             if self._requests.get(stream_id) is not request:
                 return  # stale: the stream moved on after it, in the same read
             del self._requests[stream_id]
@@ -542,7 +543,7 @@ class ServerConnection(Endpoint):
         self._set_stream_state(sid, StreamState.PUBLISH_PENDING)
         request = PublishRequest(sid, name, query, ptype, tid)
         self._requests[sid] = request
-        self._open.append(request)
+        self._open[id(request)] = request
         items.append(request)
 
     def _cmd_play(
@@ -570,7 +571,7 @@ class ServerConnection(Endpoint):
         if self._requests.get(sid) is not None:
             self._stale.append(self._requests[sid])
         self._requests[sid] = play
-        self._open.append(play)
+        self._open[id(play)] = play
         items.append(play)
 
     def _end_stream(self, sid: int, command: str, items: list[ReceivedItem]) -> None:

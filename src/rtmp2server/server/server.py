@@ -600,6 +600,7 @@ class Session(asyncio.BufferedProtocol):
             self.close(reason)
 
     def _end_publish(self, stream_id: int, why: str) -> None:
+        self._requested.pop(stream_id, None)
         stream = self.published.pop(stream_id, None)
         if stream is None:
             return
