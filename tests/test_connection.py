@@ -56,6 +56,16 @@ class Pair:
     def commands(self) -> list[ClientCommand]:
         return [i for i in self.client_items if isinstance(i, ClientCommand)]
 
+    def request(self, kind: str, name: str) -> PublishRequest | PlayRequest:
+        """connect, createStream (id 1), then `publish` or `play` of `name`: the request."""
+        self.client.connect("live", "rtmp://h/live")
+        self.client.create_stream()
+        getattr(self.client, kind)(1, name)
+        self.pump()
+        req = self.server_items[-1]
+        assert isinstance(req, PublishRequest if kind == "publish" else PlayRequest)
+        return req
+
     def connect_and_publish(self, name: str = "test") -> int:
         self.client.connect("live", "rtmp://127.0.0.1/live")
         self.pump()
@@ -356,12 +366,7 @@ def test_decisions_only_while_pending(first: str, second: str) -> None:
     """h11's rule: an answer that does not fit the stream's state is our bug, not the peer's.
     Before this, accept_publish twice after deleteStream sent Publish.Start twice."""
     p = Pair()
-    p.client.connect("live", "rtmp://h/live")
-    p.client.create_stream()
-    p.client.publish(1, "x")
-    p.pump()
-    req = p.server_items[-1]
-    assert isinstance(req, PublishRequest)
+    req = p.request("publish", "x")
     if first == "close":
         p.client.delete_stream(1)
         p.pump()
@@ -381,12 +386,7 @@ def test_decisions_only_while_pending(first: str, second: str) -> None:
 
 def test_play_decisions_follow_the_table() -> None:
     p = Pair()
-    p.client.connect("live", "rtmp://h/live")
-    p.client.create_stream()
-    p.client.play(1, "cam")
-    p.pump()
-    req = p.server_items[-1]
-    assert isinstance(req, PlayRequest)
+    req = p.request("play", "cam")
     assert p.server.stream_state(1) is StreamState.PLAY_PENDING
     p.server.accept_play(req)
     assert 1 in p.server.playing
