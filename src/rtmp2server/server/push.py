@@ -333,7 +333,13 @@ class Push:
     async def _run(self) -> None:
         try:
             while True:
-                error = await self._connection()
+                try:
+                    error = await self._connection()
+                except Exception as err:  # a bug of ours: this push backs off, nothing else
+                    log.exception(
+                        "push %s/%s -> %s: internal error", self.app, self.name, self.display
+                    )
+                    error = f"internal error: {err!r}"
                 if self.stopping:
                     break
                 self.reconnects += 1
