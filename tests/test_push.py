@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import socket
@@ -652,3 +653,56 @@ def test_push_is_usable_programmatically_and_stops_with_the_publish() -> None:
         assert names == ["cam"]  # the query string went after the name, not into it
 
     _run(main())
+
+
+def test_refused_push_backs_off_doubling_hides_the_key_and_recovers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A target that refuses the publish (its name is taken there, and it says so naming
+    it): the push backs off 0.05, 0.1, 0.2 s ..., its log lines never show the key, and once
+    the name is free it pushes."""
+    caplog.set_level(logging.INFO, logger="rtmp2server.server.push")
+
+    async def main() -> None:
+        target = RTMPServer(
+            ServerConfig(host="127.0.0.1", port=0, record_dir=None, republish="refuse")
+        )
+        cfg = ServerConfig(
+            host="127.0.0.1",
+            port=0,
+            record_dir=None,
+            push_backoff_min=0.05,
+            push_backoff_max=0.4,
+        )
+        async with target:
+            cfg.push = {"live": [PushTarget(f"rtmp://127.0.0.1:{target.port}/live", "KEY1")]}
+            async with RTMPServer(cfg) as origin:
+                holder = connect(f"rtmp://127.0.0.1:{target.port}/live")
+                await holder.open()
+                await holder.publish("KEY1")
+                async with connect(f"rtmp://127.0.0.1:{origin.port}/live") as pub:
+                    await pub.publish("cam")
+                    await pub.send_media(VIDEO, 0, AVC_SEQ)
+                    (push,) = origin.pushes.of("live", "cam")
+                    for _ in range(400):
+                        if push.reconnects >= 4:
+                            break
+                        await asyncio.sleep(0.01)
+                    assert push.state in (PushState.BACKOFF, PushState.CONNECTING)
+                    assert "NetStream.Publish.BadName" in push.error
+                    await holder.close()  # the name is free at the target now
+                    for i in range(200):
+                        await pub.send_media(VIDEO, i * 33, _frame(i, 100).payload)
+                        if push.state is PushState.PUSHING and target.registry.get("live", "KEY1"):
+                            break
+                        await asyncio.sleep(0.02)
+                    assert push.state is PushState.PUSHING
+                    assert push.status()["error"] is None
+
+    _run(main())
+    lines = [r.getMessage() for r in caplog.records if r.name == "rtmp2server.server.push"]
+    delays = [float(m) for m in re.findall(r"reconnect #\d+ in ([\d.]+) s", "\n".join(lines))]
+    assert delays[:4] == [0.05, 0.1, 0.2, 0.4], lines
+    assert any("BadName" in line for line in lines), lines
+    assert not any("KEY1" in line for line in lines), lines
+    assert any(": pushing (connection 1)" in line for line in lines), lines
