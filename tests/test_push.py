@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -27,13 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
 from rtmp2server import config
 from rtmp2server.client import connect
-from rtmp2server.config import ConfigError, PushTarget, ServerConfig
+from rtmp2server.config import ConfigError, Listener, PushTarget, ServerConfig
 from rtmp2server.protocol import enhanced
 from rtmp2server.protocol.messages import AUDIO, VIDEO, Message
 from rtmp2server.server import RTMPServer
@@ -706,3 +708,54 @@ def test_refused_push_backs_off_doubling_hides_the_key_and_recovers(
     assert any("BadName" in line for line in lines), lines
     assert not any("KEY1" in line for line in lines), lines
     assert any(": pushing (connection 1)" in line for line in lines), lines
+
+
+def test_push_over_rtmps_checks_the_target_certificate(tmp_path: Path) -> None:
+    """rtmps:// targets: with the target's CA trusted the push goes through TLS; with the
+    system's trust store only, it backs off naming the failed connection."""
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(b"".join(pem.bytes() for pem in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(str(key))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+
+    async def main() -> None:
+        target = RTMPServer(
+            ServerConfig(
+                host="127.0.0.1",
+                port=0,
+                listen=[Listener("rtmps", "127.0.0.1", 0)],
+                tls_cert=cert,
+                tls_key=key,
+                record_dir=None,
+            )
+        )
+        sink = Collect()
+        target.registry.on_start.append(lambda stream: stream.add_sink(sink))
+        origin = RTMPServer(ServerConfig(host="127.0.0.1", port=0, record_dir=None))
+        async with target, origin:
+            (tls,) = [lst for lst in target.listeners if lst.tls]
+            url = f"rtmps://127.0.0.1:{tls.port}/live"
+            async with connect(f"rtmp://127.0.0.1:{origin.port}/live") as pub:
+                await pub.publish("cam")
+                await pub.send_media(VIDEO, 0, AVC_SEQ)
+                assert origin.relay is not None
+                trusted = Push(origin.relay, "live", "cam", url, PushOptions(ssl=context))
+                untrusted = Push(origin.relay, "live", "cam", url + " name=other")
+                trusted.start()
+                untrusted.start()
+                for i in range(100):
+                    await pub.send_media(VIDEO, i * 33, _frame(i, 100).payload)
+                    if len(sink.messages) > 20 and untrusted.reconnects:
+                        break
+                    await asyncio.sleep(0.02)
+                assert trusted.state is PushState.PUSHING
+                assert untrusted.state is not PushState.PUSHING
+                assert "cannot connect" in untrusted.error
+                assert untrusted.connections == 0
+                await asyncio.gather(trusted.stop(), untrusted.stop())
+        assert sink.messages[0].payload == AVC_SEQ
+
+    _run(main())

@@ -32,6 +32,7 @@ import contextlib
 import enum
 import functools
 import itertools
+import ssl
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -76,6 +77,8 @@ class PushOptions:
     """Seconds for the connection and for each answer of the target."""
     chunk_size: int = 4096
     """The chunk size we send with."""
+    ssl: ssl.SSLContext | None = None
+    """The TLS context of rtmps:// targets; None: the system's trust store, host name checked."""
 
     @classmethod
     def of(cls, config: ServerConfig) -> PushOptions:
@@ -366,7 +369,7 @@ class Push:
     async def _connection(self) -> str:
         """One connection: connect, publish, push until it ends. Why it ended (for the log)."""
         opts = self.options
-        client = Client(self.url, timeout=opts.timeout, chunk_size=opts.chunk_size)
+        client = Client(self.url, ssl=opts.ssl, timeout=opts.timeout, chunk_size=opts.chunk_size)
         started: float | None = None
         try:
             try:
