@@ -177,12 +177,12 @@ class PushOutput:
     def connected(self, client: Client) -> None:
         """The target accepted the publish: what was queued goes out, then everything at once."""
         self.client = client
-        self.flush_parts_to_queue()
+        self._park()
         queue, self._queue, self._queued = self._queue, [], 0
         if queue:
             self._send(b"".join(queue))
 
-    def flush_parts_to_queue(self) -> None:
+    def _park(self) -> None:
         if self._parts:
             data = b"".join(self._parts)
             self._parts = []
@@ -310,6 +310,9 @@ class Push:
     def start(self) -> None:
         """Start pushing (the stream must be published, or be in the relay's channels)."""
         if self._task is None:
+            # Framed for message stream 1 before the target answers: nginx-rtmp, SRS,
+            # node-media-server, MediaMTX, YouTube and we answer the first createStream with
+            # 1; a target that answers another id gets a fresh join (`_connection`).
             self._player = self._attach(PushOutput(self, 1))
             self._set(PushState.CONNECTING, "first attempt")
             self._task = asyncio.get_running_loop().create_task(self._run())
