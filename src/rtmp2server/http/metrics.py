@@ -2,13 +2,13 @@
 
 This module owns the metric names and labels. One custom collector reads the live state at
 scrape time (the registry's streams with their `StreamStats`, the sessions, the relay's
-players, the pushes of the live streams), so a stream's series exist exactly while it is
-published: cardinality stays that of the live streams. Each server has its own
-`CollectorRegistry` (several servers in one process, as in the tests, do not share series); the
-process metrics (CPU, memory, file descriptors) are prometheus-client's own collectors. The one
-series that cannot be read at scrape time, the access callbacks' latency, is a histogram fed by
-an `AccessControl.on_callback` observer that this module adds with the routes and removes when
-the application is cleaned up.
+players), so a stream's series exist exactly while it is published: cardinality stays that
+of the live streams. Each server has its own `CollectorRegistry` (several servers in one
+process, as in the tests, do not share series); the process metrics (CPU, memory, file
+descriptors) are prometheus-client's own collectors. The one series that cannot be read at
+scrape time, the access callbacks' latency, is a histogram fed by an `AccessControl.on_callback`
+observer that this module adds with the routes and removes when the application is cleaned up.
+The pushes of the live streams have their series per target, read the same way.
 """
 
 from __future__ import annotations
