@@ -180,12 +180,20 @@ class Client:
         self.closed.set()
 
     async def abort(self) -> None:
-        """Close the socket at once, with no deleteStream: the server sees the connection
-        drop, as when an encoder or a player goes away without a word."""
+        """Close the socket with no deleteStream: the server sees the connection drop, as
+        when an encoder or a player goes away without a word. Returns once the server has
+        closed its side too (or after `timeout`)."""
         if self._writer is not None:
-            transport = self._writer.transport
-            transport.abort()
+            self._writer.close()
         if self._task is not None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.timeout
+            while not self._task.done() and loop.time() < deadline:
+                # What a play has not taken is dropped, so that a reader blocked on a full
+                # queue goes on to the server's end of the connection.
+                while not self._media.empty():
+                    self._media.get_nowait()
+                await asyncio.wait({self._task}, timeout=0.05)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
