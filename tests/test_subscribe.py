@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import itertools
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -257,3 +258,44 @@ def test_leaving_the_loop_leaves_the_stream_and_close_ends_subscriptions(
         assert waiting == []
 
     asyncio.run(main())
+
+
+def readme_example() -> str:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("## As a library") :]
+    block = next(b for b in re.findall(r"```python\n(.*?)```", section, re.S) if "subscribe" in b)
+    return str(block)
+
+
+def test_the_readme_subscribe_example_finds_every_keyframe(
+    tmp_path: Path,
+    media_dir: Path,  # noqa: F811
+) -> None:
+    src = make_source(media_dir, "h264-aac-gop1s")
+    space: dict[str, Any] = {}
+    exec(readme_example(), space)  # the README's own code, as a user runs it
+
+    async def main() -> tuple[list[int], Path]:
+        async with RTMPServer(config(tmp_path, play_wait=10)) as server:
+            task = asyncio.create_task(space["keyframes"](server, "kf"))
+            await wait_until(lambda: server.relay is not None and server.relay.players())
+            pub = publisher(src, f"rtmp://127.0.0.1:{server.port}/live/kf")
+            try:
+                await wait_until(lambda: server.registry.get("live", "kf") is not None)
+                recording = recording_of(server, "kf")
+                await asyncio.to_thread(pub.wait, 30)
+                return await asyncio.wait_for(task, 10), recording
+            finally:
+                pub.kill()
+
+    found, recording = asyncio.run(main())
+    _, tags = flv.read_flv(recording.read_bytes())
+    keys = [
+        t.timestamp
+        for t in tags
+        if t.tag_type == VIDEO
+        and enhanced.classify_video(t.body).is_keyframe
+        and not enhanced.classify_video(t.body).is_config
+    ]
+    assert len(found) == len(keys) >= 5  # a 6 s source with a keyframe a second
+    assert [k - found[0] for k in found] == [k - keys[0] for k in keys]
