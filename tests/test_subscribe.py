@@ -33,6 +33,7 @@ from test_e2e_play import (  # noqa: F401  (media_dir: the fixture)
     make_source,
     media_dir,
 )
+from test_relay import AAC_SEQ, AVC_SEQ, METADATA, Peer, av_frames, run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -248,6 +249,11 @@ def test_leaving_the_loop_leaves_the_stream_and_close_ends_subscriptions(
                         if message.type_id == VIDEO:
                             break
                 assert not relay.players()
+                # A plain break: the iteration is closed when it is dropped (asyncio's
+                # async generator hooks), a loop turn later.
+                async for _message in server.subscribe("live", "y"):
+                    break
+                await wait_until(lambda: not relay.players(), timeout=2)
                 # One waiting for a stream that never comes ends with the server.
                 waiting: list[Message] = []
                 task = asyncio.create_task(collect(server.subscribe("live", "never"), waiting))
@@ -299,3 +305,38 @@ def test_the_readme_subscribe_example_finds_every_keyframe(
     ]
     assert len(found) == len(keys) >= 5  # a 6 s source with a keyframe a second
     assert [k - found[0] for k in found] == [k - keys[0] for k in keys]
+
+
+def test_a_publisher_back_within_the_grace_goes_on_in_the_same_iteration() -> None:
+    """The publisher drops and comes back within republish_grace: the subscription goes on,
+    timestamps forward, from the new publish's first keyframe; it ends only when a gap
+    outlasts the grace."""
+    one, two = av_frames(40), av_frames(40)
+    got: list[Message] = []
+
+    async def main() -> None:
+        cfg = ServerConfig(host="127.0.0.1", port=0, relay=RelayConfig(republish_grace=0.5))
+        async with RTMPServer(cfg) as server:
+            pub = await Peer.open(server.port)
+            await pub.publish("back")
+            await pub.send([(VIDEO, 0, AVC_SEQ), (AUDIO, 0, AAC_SEQ), *one], METADATA)
+            task = asyncio.create_task(collect(server.subscribe("live", "back"), got))
+            await wait_until(lambda: len(got) >= 1 + 2 + 20)
+            await pub.close()
+            await asyncio.sleep(0.2)
+            assert not task.done()
+            pub2 = await Peer.open(server.port)
+            await pub2.publish("back")
+            await pub2.send([(VIDEO, 0, AVC_SEQ), (AUDIO, 0, AAC_SEQ), *two], METADATA)
+            await wait_until(lambda: sum(m.payload == two[-1][2] for m in got) == 1)
+            await pub2.close()
+            await asyncio.wait_for(task, 5)  # the grace (0.5 s) ran out: it ended
+
+    run(main())
+    for kind in (AUDIO, VIDEO):
+        ts = [m.timestamp for m in got if m.type_id == kind]
+        assert ts == sorted(ts)
+    frames = [m.payload for m in got if m.type_id in (AUDIO, VIDEO)]
+    start = frames.index(two[0][2])  # the second publish, from its first keyframe
+    assert frames[start - 2 : start] == [AVC_SEQ, AAC_SEQ]
+    assert frames[start:] == [p for _, _, p in two]
