@@ -22,7 +22,7 @@ import pytest
 import trustme
 
 from rtmp2server.client import URL, Client, ClientError, StatusError, connect
-from rtmp2server.config import Listener
+from rtmp2server.config import Listener, RelayConfig
 from rtmp2server.protocol import amf0, enhanced, flv
 from rtmp2server.protocol.connection import ServerConnection, State
 from rtmp2server.protocol.messages import AUDIO, DATA_AMF0, VIDEO, Message
@@ -461,3 +461,33 @@ def test_stream_commands_event_received_and_abort(
     with_log = [r.getMessage() for r in caplog.records]
     (stop,) = [line for line in with_log if "publish stop" in line and "cmd" in line]
     assert "deleteStream" not in stop, stop  # aborted: the server saw the connection drop
+
+
+def test_an_error_status_after_the_start_ends_the_play_with_status_error() -> None:
+    """The publisher leaves and does not come back within play_wait: the server says
+    NetStream.Play.StreamNotFound on a connection it keeps open; the iteration raises."""
+    media = frames(10)
+    played: list[Message] = []
+
+    async def main() -> None:
+        relay = RelayConfig(republish_grace=0, play_wait=0.3)
+        async with RTMPServer(ServerConfig(host="127.0.0.1", port=0, relay=relay)) as s:
+            url = f"rtmp://127.0.0.1:{s.port}/live"
+            async with connect(url) as publisher, connect(url) as player:
+                await publisher.publish("gone")
+
+                async def play() -> None:
+                    async for message in player.play("gone"):
+                        played.append(message)
+
+                task = asyncio.create_task(play())
+                await asyncio.wait_for(player.started.wait(), 10)
+                for type_id, ts, payload in media:
+                    await publisher.send_media(type_id, ts, payload)
+                await wait_for(lambda: len(played) >= len(media))
+                await publisher.close()
+                with pytest.raises(StatusError, match=r"NetStream\.Play\.StreamNotFound"):
+                    await asyncio.wait_for(task, 10)
+                assert not player.closed.is_set()
+
+    run(main())

@@ -130,6 +130,8 @@ class Client:
         self.stream_id = 0
         self._stream_used = False  # a publish or play was sent on `stream_id`
         self._playing = False  # a play() is on: its media are queued for it
+        self._play_on = False  # NetStream.Play.Start came
+        self._play_error: StatusError | None = None  # an error status after it
         self._publishing = ""
         self.closed = asyncio.Event()
         # Set once the publish or play is answered with its Start status (a play is then on
@@ -259,7 +261,8 @@ class Client:
     async def play(self, name: str, start: float = -2.0) -> AsyncIterator[Message]:
         """Play `name`: yields its audio, video and data `Message`s once NetStream.Play.Start
         came, until the server closes the connection or ends the play (Play.Stop or
-        Play.Complete). A status of level error raises `StatusError`."""
+        Play.Complete). A status of level error, before the start or after it (such as
+        StreamNotFound when the publisher stayed away), raises `StatusError`."""
         await self._create_stream()
         self._playing = True
         self.conn.play(self.stream_id, name, start)
@@ -272,6 +275,8 @@ class Client:
             else:
                 item = await self._media.get()
             if item is None:
+                if self._play_error is not None:
+                    raise self._play_error
                 if self._failure is not None and not isinstance(self._failure, _Ended):
                     raise self._failure
                 return
@@ -420,8 +425,18 @@ class Client:
                 fut.set_result(item)
             elif item.name == "onStatus":
                 self._status.put_nowait(item)
-                code = item.info.get("code")
+                info = item.info
+                code = info.get("code")
                 if code in ("NetStream.Play.Stop", "NetStream.Play.Complete"):
+                    await self._media.put(None)
+                elif code == "NetStream.Play.Start":
+                    self._play_on = True
+                elif info.get("level") == "error" and self._playing and self._play_on:
+                    # After the start: the play is over at the server (StreamNotFound once
+                    # a publisher stayed away for its play_wait, a failed seek, ...).
+                    self._play_error = StatusError(
+                        "play", str(code), str(info.get("description", ""))
+                    )
                     await self._media.put(None)
         elif (
             item.type_id in (AUDIO, VIDEO, DATA_AMF0, DATA_AMF3)
