@@ -36,6 +36,8 @@ from .push import PushManager
 from .recorder import Recorder, RecordingError
 from .registry import Republish, Stream, StreamRegistry
 from .relay import Relay
+from .subscribe import Subscription
+from .subscribe import end_all as end_subscriptions
 from .webhooks import WebhookConfig, Webhooks
 
 if TYPE_CHECKING:
@@ -758,6 +760,14 @@ class RTMPServer:
             event, app=app, stream=name, client={"ip": session.ip, "id": session.id}, **extra
         )
 
+    def subscribe(self, app: str, name: str, *, multitrack: bool = False) -> Subscription:
+        """An in-process player of app/name: `async for message in server.subscribe(...)`
+        yields its `Message`s as an RTMP player gets them (see `server/subscribe.py`);
+        `multitrack`: all tracks of E-RTMP multitrack streams, not only the default one."""
+        if self.relay is None:
+            raise RuntimeError("play is off on this server: nothing to subscribe to")
+        return Subscription(self.relay, app, name, multitrack=multitrack)
+
     def record_publish(self, stream: Stream) -> bool:
         """The default publish policy: accept, and record when a record dir is set."""
         cfg = self.config
@@ -949,6 +959,8 @@ class RTMPServer:
         """Stop listening, close every connection (ending their publishes cleanly)."""
         if self._server is not None:
             self._server.close()
+        if self.relay is not None:
+            end_subscriptions(self.relay)
         for session in list(self._sessions):
             session.close("server shutdown")
             # At once, not when the transport gets to it: the recordings are finished even if
