@@ -17,7 +17,8 @@ generator on core 1; see `loadgen`):
   publisher's write to its arrival;
 - memory: RSS growth of the server tree per publisher (`--memory-connections` publishers),
   per player (as many players of one stream), and per player that stopped reading
-  (`--stalled` more players on that server that read nothing for `--stall-seconds`);
+  (`--stalled` more players on that server that read nothing for `--stall-seconds`, 24 s:
+  the kernel's socket buffers take the first 4 MB or so);
 - ours only: players per core over HTTP-FLV (the HTTP side on), and the cost of the
   statistics: one level (a quarter of its publishers-per-core figure, plus a quarter of its
   players-per-core figure on the first stream) with `--http ""` and then with the HTTP side on
@@ -45,8 +46,8 @@ from . import loadgen, media, procs, report, scenarios, servers
 from .servers import BENCH, CACHE
 
 DEFAULT_SERVERS = "nginx-rtmp,node-media-server,ours+uvloop"
-PUBLISHER_STEPS = "100,200,400,700,1000,1400,1800,2400,3000,3600,4400"
-PLAYER_STEPS = "200,400,800,1200,1600,2000,2500,3000,3600,4400,5200"
+PUBLISHER_STEPS = "100,250,500,750,1000,1400,1800,2400,3000,3600,4400"
+PLAYER_STEPS = "250,500,1000,1500,2000,2500,3000,3600,4400,5200"
 QUICK = {
     "publisher_steps": "10,20",
     "player_steps": "20,40",
@@ -65,15 +66,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         servers=DEFAULT_SERVERS,
         publisher_steps=loadgen._steps(PUBLISHER_STEPS),
         player_steps=loadgen._steps(PLAYER_STEPS),
-        window=6.0,
+        window=5.0,
         settle=2.0,
+        timeout=10.0,
+        stall_seconds=24.0,
     )
     ap.add_argument("--quick", action="store_true", help="tiny levels: checks every figure runs")
     ap.add_argument("--memory-connections", type=int, default=200)
     ap.add_argument("--stalled", type=int, default=50, help="players that stop reading")
     ap.add_argument("--ingest-repeat", type=int, default=8)
     ap.add_argument("--streams", type=int, default=10, help="streams of the spread players figure")
-    ap.add_argument("--stats-runs", type=int, default=1, help="off/on pairs of the stats figure")
+    ap.add_argument("--stats-runs", type=int, default=2, help="off/on pairs of the stats figure")
     ap.add_argument(
         "--figures",
         default="ingest,publishers,publishers_1M,players,players_10,latency,memory,"
@@ -133,6 +136,7 @@ async def one_server(
     async def step(key: str, fn: Callable[[], Any]) -> Any:
         if key not in figures:
             return None
+        loadgen._log(f"{name}: {key}")
         t0 = time.monotonic()
         try:
             out = await fn()
@@ -146,7 +150,6 @@ async def one_server(
         return out
 
     if "ingest" in figures:
-        loadgen._log(f"{name}: ingest")
         big = media.media(CACHE / "media", 30, 20)
         counts = media.count_packets(big)
         assert counts is not None
@@ -182,17 +185,14 @@ async def one_server(
         ("players", "players", src3, {}),
         ("players_10", "players", src3, {"streams": args.streams, "tag": f"-{args.streams}"}),
     ):
-        loadgen._log(f"{name}: {key}")
         await step(key, lambda kind=kind, src=src, kw=kw: ramp(kind, src, **kw))
 
     held = (res.get("players") or {}).get("held", 0)
     if held:
-        loadgen._log(f"{name}: latency at {held // 2} players (half of {held})")
         await step("latency", lambda: loadgen.latency(args, src3, spec, work, held // 2))
     elif "latency" in figures:
         res.setdefault("errors", []).append("latency: no players-per-core figure to halve")
 
-    loadgen._log(f"{name}: memory")
     await step(
         "memory",
         lambda: loadgen.memory(args, src3, spec, work, args.memory_connections, args.stalled),
@@ -201,7 +201,6 @@ async def one_server(
         return
     http_port = procs.free_port()
     spec_http = loadgen.unpinned(loadgen.capacity_spec(name, args.record, http_port), args.no_pin)
-    loadgen._log(f"{name}: players over HTTP-FLV")
 
     async def flv() -> Any:
         levels = await loadgen.ramp(
@@ -225,7 +224,6 @@ async def one_server(
                 out[variant].append(asdict(lv))
         return out
 
-    loadgen._log(f"{name}: the statistics' cost at {pubs} publishers + {players} players")
     await step("stats", stats)
 
 
