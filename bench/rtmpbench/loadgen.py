@@ -1318,42 +1318,76 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def latency(
-    args: argparse.Namespace, src: Source, spec: ServerSpec, work: Path, players: int
+    args: argparse.Namespace,
+    src: Source,
+    spec: ServerSpec,
+    work: Path,
+    players: int,
+    media_path: Path,
 ) -> dict[str, Any]:
-    """Relay latency under load: one publisher, `players` players of its stream (the load),
-    and `--probes` probes that read on every arrival; over the window, the time from the
-    publisher's write of each message to a probe's arrival of it, every message of every
-    probe. p50 / p99 / max in ms, and the level as a ramp's."""
+    """Relay latency under load: one publisher and `--probes` probes that read on every
+    arrival, in a process of their own (`probe.py`: stamped there, not behind this process's
+    load), and `players` players of the same stream here (the load); over the window, the time
+    from the publisher's write of each message to a probe's arrival of it, every message of
+    every probe. p50 / p99 / max in ms, and the level as a ramp's."""
     running = spec.start(work / f"{spec.name}-latency")
     run = Run(args, src, running.port, running.pid)
-    probes: list[Player] = []
+    stream = "lat0"
+    argv = [
+        sys.executable,
+        "-m",
+        "rtmpbench.probe",
+        str(running.port),
+        stream,
+        str(media_path),
+        str(max(1, args.probes)),
+        str(args.window),
+        *("--tick", str(args.tick), "--timeout", str(args.timeout)),
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    doc: dict[str, Any] = {}
     try:
-        run.ticker = asyncio.create_task(run._tick())
         run.reader = asyncio.create_task(run._reads())
-        await run.add_publishers(1)
-        pub = run.publishers[0]
-        pub.sends = []
+        line = await asyncio.wait_for(proc.stdout.readline(), args.timeout + 10)
+        if not line.startswith(b"T0 "):
+            raise RuntimeError(f"the probe process said {line[:200]!r}")
+        pub = Publisher(run.stats, "live", stream, src)
+        pub.t0 = float(line.split()[1])  # CLOCK_MONOTONIC: the same in both processes
         await asyncio.sleep(1.0)
         errors_before = dict(run.stats.errors)
-        await run.add_players(players, run.publishers)
-        probes = await run.add_players(max(1, args.probes), run.publishers, "probe")
+        await run.add_players(players, [pub])
 
         def start() -> None:
-            for pr in probes:
-                assert isinstance(pr, Probe)
-                pr.delays = []
+            assert proc.stdin is not None
+            proc.stdin.write(b"GO\n")
 
-        lv = await run.measure((1, players + len(probes)), errors_before, start)
-        delays = [d for pr in probes if isinstance(pr, Probe) for d in pr.delays or []]
-        lv.examples = list(run.stats.examples)
+        lv = await run.measure((1, players + max(1, args.probes)), errors_before, start)
+        line = await asyncio.wait_for(proc.stdout.readline(), args.timeout + 10)
+        doc = json.loads(line)
+        for kind, count in doc["errors"].items():
+            lv.errors[kind] = lv.errors.get(kind, 0) + count
+        if doc["errors"]:
+            lv.held = False
+            lv.why = f"{lv.why}; probes lost: {doc['errors']}".removeprefix("held; ")
+        lv.examples = [*run.stats.examples, *doc["examples"]]
     finally:
+        if proc.returncode is None:
+            proc.stdin.close()
+            try:
+                await asyncio.wait_for(proc.wait(), 5)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
         await run.close()
         running.stop()
     _show(f"{spec.name} latency", lv)
-    ms = [d * 1000 for d in delays]
+    ms = [d * 1000 for d in doc.get("delays", [])]
     out = {
         "players": players,
-        "probes": len(probes),
+        "probes": max(1, args.probes),
         "messages": len(ms),
         "p50_ms": _pct(ms, 0.50),
         "p99_ms": _pct(ms, 0.99),

@@ -13,8 +13,8 @@ generator on core 1; see `loadgen`):
   1 Mbit/s by `media.media`);
 - players per core of one 3 Mbit/s stream, and spread evenly over 10 streams;
 - relay latency p50 / p99 at half the players-per-core figure of one stream: that many
-  players, plus `--probes` probes that read on every arrival and time each message from the
-  publisher's write to its arrival;
+  players, plus a publisher and `--probes` probes in a process of their own (`probe.py`) that
+  read on every arrival and time each message from the publisher's write to its arrival;
 - memory: RSS growth of the server tree per publisher (`--memory-connections` publishers),
   per player (as many players of one stream), and per player that stopped reading
   (`--stalled` more players on that server that read nothing for `--stall-seconds`, 24 s:
@@ -68,7 +68,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         player_steps=loadgen._steps(PLAYER_STEPS),
         window=5.0,
         settle=2.0,
-        timeout=10.0,
         stall_seconds=24.0,
     )
     ap.add_argument("--quick", action="store_true", help="tiny levels: checks every figure runs")
@@ -189,7 +188,8 @@ async def one_server(
 
     held = (res.get("players") or {}).get("held", 0)
     if held:
-        await step("latency", lambda: loadgen.latency(args, src3, spec, work, held // 2))
+        path3 = media.media(CACHE / "media", args.media_seconds, 3)
+        await step("latency", lambda: loadgen.latency(args, src3, spec, work, held // 2, path3))
     elif "latency" in figures:
         res.setdefault("errors", []).append("latency: no players-per-core figure to halve")
 
