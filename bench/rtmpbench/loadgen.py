@@ -23,6 +23,11 @@ What the generator does, and why it is cheap enough to measure nginx-rtmp rather
   server may rebase a player's timestamps, but the deltas must be the publisher's), and how
   far behind real time it arrives (against the publisher's clock).
 
+- `FlvPlayer` does the same checks on the FLV tags of an HTTP-FLV response, `Probe` reads on
+  every arrival and times each message from its publisher's write (the latency figure, run in
+  its own process by `probe.py`), and `memory` takes RSS growth per publisher, per player and
+  per player that stopped reading. `section2.py` runs every figure of issue 13 in one go.
+
 A level fails when the server's core is above `--max-cpu` (95%), a publisher's send buffer has
 not drained for more than `--max-block` s, a player is more than `--max-lag` s behind real time,
 or anything is lost (an error above, a closed connection, a client that could not connect).

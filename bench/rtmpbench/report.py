@@ -333,7 +333,8 @@ def capacity_markdown(doc: dict[str, Any]) -> str:
     base = sums.get(BASELINE)
     args = doc.get("args", {})
     lines = [
-        f"# Capacity per core, {doc.get('started', '?')}",
+        f"# Capacity per core, {doc.get('started', '?')}"
+        + (" (--quick: a check of the harness, not figures)" if args.get("quick") else ""),
         "",
         f"Machine: {doc.get('machine', '?')}; loopback; load average "
         f"{doc.get('load_before', [0])[0]:.2f} before, {doc.get('load_after', [0])[0]:.2f} "
