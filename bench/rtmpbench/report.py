@@ -318,6 +318,9 @@ def capacity_summary(res: dict[str, Any]) -> dict[str, float]:
     mem = res.get("memory") or {}
     for kind in ("publishers", "players", "stalled_players"):
         out[f"mem_{kind}"] = _num((mem.get(kind) or {}).get("kib_per_conn"))
+    nogop = res.get("memory_nogop") or {}
+    for kind in ("publishers", "players"):
+        out[f"nogop_{kind}"] = _num((nogop.get(kind) or {}).get("kib_per_conn"))
     stats = res.get("stats") or {}
     for variant in ("off", "on"):
         runs = stats.get(variant) or []
@@ -349,12 +352,13 @@ def capacity_markdown(doc: dict[str, Any]) -> str:
         "| --- |" + " --- |" * len(names),
     ]
 
-    def row(label: str, key: str, fmt: str, ratio: bool = True) -> None:
+    def row(label: str, key: str, fmt: str, ratio: bool = True, ref_key: str = "") -> None:
+        """`ref_key`: the nginx-rtmp figure the ratio is to, when not `key`'s own."""
         cells = []
         for n in names:
             ref = None
             if ratio and base is not None and n != BASELINE:
-                ref = base[key]
+                ref = base[ref_key or key]
             cells.append(_cell(sums[n][key], fmt, ref))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
@@ -409,6 +413,18 @@ def capacity_markdown(doc: dict[str, Any]) -> str:
         "mem_stalled_players",
         "{:.0f}",
     )
+    row(
+        "memory per publisher, KiB, GOP cache off (ours: `--gop-cache-messages 0`)",
+        "nogop_publishers",
+        "{:.0f}",
+        ref_key="mem_publishers",
+    )
+    row(
+        "memory per player, KiB, GOP cache off (ours)",
+        "nogop_players",
+        "{:.0f}",
+        ref_key="mem_players",
+    )
     cells = []
     for n in names:
         st = results[n].get("stats")
@@ -442,6 +458,7 @@ def capacity_markdown(doc: dict[str, Any]) -> str:
             *_CAPACITY_FIGURES,
             ("latency", "relay latency"),
             ("memory", "memory"),
+            ("memory_nogop", "memory, GOP cache off"),
             ("stats", "statistics' cost (off, then on)"),
         ):
             fig = results[n].get(key)
@@ -449,7 +466,7 @@ def capacity_markdown(doc: dict[str, Any]) -> str:
                 continue
             if key == "latency":
                 levels = [fig["level"]]
-            elif key == "memory":
+            elif key in ("memory", "memory_nogop"):
                 levels = [fig[k]["level"] for k in ("publishers", "players") if k in fig]
             elif key == "stats":
                 levels = [*fig["off"], *fig["on"]]

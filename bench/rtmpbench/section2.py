@@ -19,7 +19,8 @@ generator on core 1; see `loadgen`):
   per player (as many players of one stream), and per player that stopped reading
   (`--stalled` more players on that server that read nothing for `--stall-seconds`, 24 s:
   the kernel's socket buffers take the first 4 MB or so);
-- ours only: players per core over HTTP-FLV (the HTTP side on), and the cost of the
+- ours only: the memory figure again with its GOP cache off (`--gop-cache-messages 0`),
+  players per core over HTTP-FLV (the HTTP side on), and the cost of the
   statistics: one level (a quarter of its publishers-per-core figure, plus a quarter of its
   players-per-core figure on the first stream) with `--http ""` and then with the HTTP side on
   (its statistics sink on every publish), on fresh servers, `--stats-runs` times alternating.
@@ -79,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--figures",
         default="ingest,publishers,publishers_1M,players,players_10,latency,memory,"
-        "players_flv,stats",
+        "memory_nogop,players_flv,stats",
         help="a subset of the figures, comma-separated",
     )
     args = ap.parse_args(argv)
@@ -199,6 +200,19 @@ async def one_server(
     )
     if not ours:
         return
+    # Ours keeps the last GOP of every stream for late joiners (nginx-rtmp keeps none): the
+    # same memory figure with the cache off shows what a connection itself costs.
+    nogop = loadgen.ServerSpec(
+        spec.name,
+        spec.can_play,
+        lambda w, p, r, c=spec.command: [*c(w, p, r), "--gop-cache-messages", "0"],
+        env=spec.env,
+        available=spec.available,
+    )
+    await step(
+        "memory_nogop",
+        lambda: loadgen.memory(args, src3, nogop, work / "nogop", args.memory_connections, 0),
+    )
     http_port = procs.free_port()
     spec_http = loadgen.unpinned(loadgen.capacity_spec(name, args.record, http_port), args.no_pin)
 
