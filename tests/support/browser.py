@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import shutil
@@ -98,7 +99,9 @@ class Browser:
                 port, path = int(lines[0]), lines[1].strip()
                 break
             if time.monotonic() > deadline:
-                raise BrowserError(f"no DevToolsActivePort in {self.start_timeout} s:\n{self.log()}")
+                raise BrowserError(
+                    f"no DevToolsActivePort in {self.start_timeout} s:\n{self.log()}"
+                )
             await asyncio.sleep(0.05)
         self._http = aiohttp.ClientSession()
         self._ws = await self._http.ws_connect(
@@ -118,10 +121,8 @@ class Browser:
             await self._ws.close()
         if self._reader is not None:
             self._reader.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader
-            except (asyncio.CancelledError, Exception):
-                pass
         if self._http is not None:
             await self._http.close()
         if self.proc is not None and self.proc.poll() is None:
@@ -199,10 +200,8 @@ class Browser:
             if left <= 0:
                 raise BrowserError(f"no {method} in {timeout} s; page said: {self.console}")
             self._event_seen.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._event_seen.wait(), left)
-            except TimeoutError:
-                pass
 
     # --- the page ------------------------------------------------------------------------
 

@@ -896,17 +896,33 @@ class Relay:
     def add_player(self, out: Output, app: str, name: str) -> Player | None:
         """Play the live stream app/name to `out` (a player that is not an RTMP session: an
         HTTP-FLV response), with the same join (GOP cache) and slow-player rule as RTMP play.
-        None when nothing is published there (nor in a publisher gap): such players do not
-        wait. Its owner calls `remove_player` when it leaves."""
+        When nothing is published there (nor in a publisher gap) it waits as an RTMP player
+        does (`waiting`; `out.publish_notify` when a publish starts, `out.not_found` after
+        `play_wait`); None when `play_wait` is 0. Its owner calls `remove_player` when it
+        leaves."""
         key = (app, name)
         channel = self.channels.get(key)
-        if channel is None or (channel.stream is None and not channel.gap):
+        live = channel is not None and (channel.stream is not None or channel.gap)
+        wait = self.config.play_wait
+        if not live and wait <= 0:
             return None
         p = Player(out, 1, name, self.config.player_max_buffer)
-        log.info("play start: peer=%s app=%s stream=%s (%s)", p.peer, app, name, type(out).__name__)
+        if channel is None:
+            channel = self.channels[key] = Channel(self, key)
+        p.waiting = not live
+        log.info(
+            "play start: peer=%s app=%s stream=%s (%s)%s",
+            p.peer,
+            app,
+            name,
+            type(out).__name__,
+            "" if live else " (waiting for a publisher)",
+        )
         channel.add(p)
         if self.notify is not None:
             self.notify("play_start", app, name, p)
+        if p.waiting and math.isfinite(wait):
+            p.timer = asyncio.get_running_loop().call_later(wait, self._not_found, p)
         return p
 
     def remove_player(self, p: Player, why: str) -> None:
