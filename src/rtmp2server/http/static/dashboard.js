@@ -61,7 +61,7 @@ function spark(canvas, history) {
   const g = canvas.getContext("2d");
   g.clearRect(0, 0, w, h);
   if (history.length < 2) return;
-  const top = Math.max(...history, 1);
+  const top = Math.max(...history, 1) * 1.25; // headroom: a steady rate is not the top edge
   g.beginPath();
   history.forEach((v, i) => {
     const x = (i / (HISTORY - 1)) * w, y = h - 2 - (v / top) * (h - 4);
