@@ -66,6 +66,7 @@ fi
 # finds them (and a wheel built after setup includes them).
 npm_stamp="node_modules/.setup-stamp"
 if [ ! -f "$npm_stamp" ] || [ package-lock.json -nt "$npm_stamp" ]; then
+    command -v npm >/dev/null || { echo "setup: npm (Node.js) is needed for mpegts.js" >&2; exit 1; }
     echo "setup: installing npm packages (package-lock.json)"
     npm ci --omit=dev --no-audit --no-fund
     touch "$npm_stamp"
