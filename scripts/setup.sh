@@ -23,6 +23,9 @@ if [[ ",$extras," == *",test,"* ]]; then
     apt_packages+=(nginx-light libnginx-mod-rtmp)
     # node and npm for node-media-server (tests/test_push.py); a NodeSource nodejs has npm.
     command -v npm >/dev/null || apt_packages+=(nodejs npm)
+    # Headless Chromium for the browser tests (tests/test_browser.py): Debian's build has the
+    # proprietary codecs, so H.264/AAC play through Media Source Extensions.
+    apt_packages+=(chromium)
 fi
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -71,6 +74,22 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
     touch "$stamp"
 fi
+
+# The browser-side packages of package.json (mpegts.js for the dashboard and HTTP-FLV in a
+# browser), pinned by package-lock.json. The HTTP listener serves them itself, never from a
+# CDN: they are copied into the package's git-ignored static/vendor/, where an editable install
+# finds them (and a wheel built after setup includes them).
+npm_stamp="node_modules/.setup-stamp"
+if [ ! -f "$npm_stamp" ] || [ package-lock.json -nt "$npm_stamp" ]; then
+    command -v npm >/dev/null || { echo "setup: npm (Node.js) is needed for mpegts.js" >&2; exit 1; }
+    echo "setup: installing npm packages (package-lock.json)"
+    npm ci --omit=dev --no-audit --no-fund
+    touch "$npm_stamp"
+fi
+vendor="src/rtmp2server/http/static/vendor"
+mkdir -p "$vendor"
+cp -p node_modules/mpegts.js/dist/mpegts.js node_modules/mpegts.js/dist/mpegts.js.LICENSE.txt \
+    "$vendor/"
 
 # rtmp2serversrc and rtmp2flvdemux for gst-launch-1.0/gst-inspect-1.0: GStreamer's Python plugin
 # loader (1.22) also scans ~/.gstreamer-1.0/plugins/python, so link the elements' loader shims
