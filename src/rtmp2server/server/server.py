@@ -734,6 +734,9 @@ class RTMPServer:
         # (ChunkError, BudgetExceeded, AMFError, HandshakeError, ...), for the metrics.
         self.protocol_errors: collections.Counter[str] = collections.Counter()
         self.http: HttpServer | None = None  # the HTTP side, when config.http
+        # SO_REUSEPORT on the RTMP listeners (set before `start`): worker processes of
+        # `workers.py` bind the same port and the kernel spreads the accepts among them.
+        self.reuse_port = False
         # One receive buffer for all sessions: a read is copied out of it before the next.
         self._read_view = memoryview(bytearray(READ_SIZE))
 
@@ -881,6 +884,7 @@ class RTMPServer:
                         listener.host,
                         listener.port,
                         reuse_address=True,
+                        reuse_port=self.reuse_port or None,
                         backlog=128,
                     )
                 listeners.add(listener, server)
@@ -1044,6 +1048,8 @@ class _TLSListener:
         sock = socket.socket(family, kind, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if server.reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(address)
             sock.listen(128)
             sock.setblocking(False)

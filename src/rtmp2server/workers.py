@@ -1,0 +1,737 @@
+"""N worker processes on one port: the supervisor, the claims of stream names, and the
+links that play a stream published to one worker from another.
+
+`rtmp2-server --workers N` (or `auto`: one per CPU) runs a supervisor: the first process,
+which opens no RTMP listener itself. It starts N copies of the same command line, told by
+their environment that they are worker i, and each of them opens the public listeners with
+SO_REUSEPORT, so that the kernel spreads the accepted connections over them. This module
+owns both sides:
+
+- the supervisor (`Supervisor`): starts the workers, restarts one that dies (with a backoff,
+  and a log line each time), passes SIGTERM, SIGINT and SIGHUP on to every worker (a worker
+  drains or reloads as a single server does), and is the arbiter of stream names: one
+  publisher per (app, name) across all workers. It talks to each worker over a socket pair
+  inherited by the worker, in lines of JSON;
+- the worker (`Worker`): its publish handler asks the supervisor for the name before it
+  records (`claim`), and gives it back when the publish ends; it is told who publishes what
+  (`owner`) and, for a takeover, to let a publish go (`release`);
+- the links between workers, built from the parts a single server already has, as nginx-rtmp
+  builds `rtmp_auto_push` from its push over unix sockets: each worker also serves RTMP plays
+  on a private unix socket (in a directory only this user can enter), and a worker with a
+  player of a stream that another worker owns pulls it from there with the RTMP client
+  (`client.py`) into its own registry, as an internal publish. Players then join it there
+  with the relay's usual GOP cache and back-pressure. Internal publishes are not recorded,
+  not checked against access rules, send no webhooks and do not count as publishes: the
+  owner recorded it already. A link stops when its last player has left for `PULL_LINGER`
+  seconds, or when the owner's publish ends.
+
+Pull rather than push: a stream costs a second worker only while someone there plays it,
+and the owner is the only worker that records it, so "recorded once" needs nothing more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, cast
+
+from .client import URL, Client, ClientError
+from .config import Listener, ServerConfig
+from .logs import get_logger
+from .protocol.enhanced import CapsEx
+from .protocol.events import PlayRequest
+from .server.registry import Republish, Stream, StreamKey, StreamRegistry
+from .server.server import Refused, RTMPServer, Session
+
+log = get_logger("rtmp2server")
+
+ENV_INDEX = "RTMP2SERVER_WORKER"
+"""Set by the supervisor: the index of the worker (0 .. N-1); unset in the supervisor."""
+ENV_FD = "RTMP2SERVER_WORKER_FD"
+"""The worker's end of its control socket pair (an inherited file descriptor)."""
+ENV_DIR = "RTMP2SERVER_WORKER_DIR"
+"""The private directory of the workers' unix sockets (mode 0700, made by the supervisor)."""
+ENV_TEST_PORTS = "RTMP2SERVER_WORKER_PORTS"
+"""For tests only: "P0,P1,...": worker i also listens on rtmp://127.0.0.1:Pi, so that a
+test chooses which worker a client reaches (SO_REUSEPORT picks one at random)."""
+
+PULL_LINGER = 5.0  # seconds a link stays with no player (one who comes back soon is served)
+PULL_TAIL = 0.5  # seconds of silence on a link after the owner's publish ended: all read
+TAKEOVER_TIMEOUT = 5.0  # seconds the owner of a name has to let it go for a takeover
+RESTART_BACKOFF = (0.5, 30.0)  # first and longest wait before a dead worker is restarted
+STABLE = 10.0  # seconds a worker must live for its next death to restart it at once again
+LINE_LIMIT = 64 * 1024  # longest control line (names are bounded by max_name_length)
+
+
+def worker_count(config: ServerConfig) -> int:
+    """How many workers `config.workers` means (0, auto: one per CPU)."""
+    return config.workers or os.cpu_count() or 1
+
+
+def worker_index() -> int | None:
+    """This process's worker index, or None outside a worker."""
+    text = os.environ.get(ENV_INDEX)
+    return int(text) if text is not None and text.isdigit() else None
+
+
+def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+    if not writer.is_closing():
+        writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+
+async def _lines(reader: asyncio.StreamReader, who: str) -> Any:
+    """The control messages from `reader` until it closes (an async generator)."""
+    while True:
+        try:
+            line = await reader.readline()
+        except (OSError, ValueError) as err:  # ValueError: a line over LINE_LIMIT
+            log.error("%s: control socket: %s", who, err)
+            return
+        if not line:
+            return
+        try:
+            message = json.loads(line)
+        except ValueError:
+            log.error("%s: control socket: not JSON: %r", who, line[:80])
+            continue
+        if isinstance(message, dict):
+            yield message
+
+
+# --- the supervisor ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Slot:
+    """One worker place: its current process and control stream."""
+
+    index: int
+    proc: asyncio.subprocess.Process | None = None
+    writer: asyncio.StreamWriter | None = None
+    ready: bool = False
+    ever_ready: bool = False
+    started: float = 0.0
+    failures: int = 0
+
+
+@dataclass
+class _Takeover:
+    """A claim of a name that another worker holds, waiting for it to let go."""
+
+    worker: int
+    request: int
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass
+class Supervisor:
+    """Starts and keeps N workers running `argv` (the command line, without the program),
+    and arbitrates their stream names."""
+
+    argv: list[str]
+    count: int
+    runtime: Path
+    slots: list[_Slot] = field(default_factory=list)
+    owners: dict[StreamKey, int] = field(default_factory=dict)
+    takeovers: dict[StreamKey, _Takeover] = field(default_factory=dict)
+    stopping: bool = False
+    failed: int = 0
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop, sig, done)
+        loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
+        self.slots = [_Slot(i) for i in range(self.count)]
+        log.info("supervisor: starting %d workers", self.count)
+        tasks = [asyncio.create_task(self._keep(slot, done)) for slot in self.slots]
+        await done.wait()
+        await asyncio.gather(*tasks)
+        return self.failed
+
+    def _stop(self, sig: signal.Signals, done: asyncio.Event) -> None:
+        if not self.stopping:
+            log.info("supervisor: %s: stopping the workers", sig.name)
+        self.stopping = True
+        self._forward(sig)
+        done.set()
+
+    def _forward(self, sig: signal.Signals) -> None:
+        for slot in self.slots:
+            if slot.proc is not None and slot.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    slot.proc.send_signal(sig)
+
+    async def _keep(self, slot: _Slot, done: asyncio.Event) -> None:
+        """Run the worker of `slot`, again after each death, until the supervisor stops."""
+        while not self.stopping:
+            code = await self._run_once(slot)
+            if self.stopping:
+                return
+            if not slot.ever_ready:
+                # It never got as far as listening (a port taken, a bad file): restarting
+                # would fail the same way.
+                log.error("worker %d exited with %s before it was ready", slot.index, code)
+                self.failed = 1
+                self._stop(signal.SIGTERM, done)
+                return
+            lived = time.monotonic() - slot.started
+            slot.failures = 0 if lived >= STABLE else slot.failures + 1
+            first, longest = RESTART_BACKOFF
+            delay = 0.0 if slot.failures == 0 else min(longest, first * 2 ** (slot.failures - 1))
+            log.warning(
+                "worker %d %s after %.1f s; restarting it%s",
+                slot.index,
+                _how_it_ended(code),
+                lived,
+                f" in {delay:g} s" if delay else "",
+            )
+            if delay:
+                await asyncio.sleep(delay)
+
+    async def _run_once(self, slot: _Slot) -> int | None:
+        mine, theirs = socket.socketpair()
+        env = dict(os.environ)
+        env.update(
+            {ENV_INDEX: str(slot.index), ENV_FD: str(theirs.fileno()), ENV_DIR: str(self.runtime)}
+        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "rtmp2server",
+                *self.argv,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+            )
+        finally:
+            theirs.close()
+        slot.proc, slot.started, slot.ready = proc, time.monotonic(), False
+        log.info("worker %d started (pid %d)", slot.index, proc.pid)
+        reader, writer = await asyncio.open_unix_connection(sock=mine, limit=LINE_LIMIT)
+        slot.writer = writer
+        _send(writer, {"op": "owners", "owners": [[*k, w] for k, w in self.owners.items()]})
+        async for message in _lines(reader, f"worker {slot.index}"):
+            self._on_message(slot, message)
+        slot.writer = None
+        writer.close()
+        code = await proc.wait()
+        slot.ready = False
+        self._forget(slot.index)
+        return code
+
+    def _broadcast(self, message: dict[str, Any]) -> None:
+        for slot in self.slots:
+            if slot.writer is not None:
+                _send(slot.writer, message)
+
+    def _set_owner(self, key: StreamKey, worker: int | None) -> None:
+        if worker is None:
+            self.owners.pop(key, None)
+        else:
+            self.owners[key] = worker
+        self._broadcast({"op": "owner", "app": key[0], "name": key[1], "worker": worker})
+
+    def _answer(self, worker: int, request: int, granted: bool, owner: int | None) -> None:
+        writer = self.slots[worker].writer
+        if writer is not None:
+            _send(writer, {"op": "answer", "id": request, "granted": granted, "owner": owner})
+
+    def _on_message(self, slot: _Slot, message: dict[str, Any]) -> None:
+        op = message.get("op")
+        if op == "ready":
+            slot.ready = slot.ever_ready = True
+            log.info("worker %d ready", slot.index)
+            return
+        app, name = message.get("app"), message.get("name")
+        if not isinstance(app, str) or not isinstance(name, str):
+            log.error("worker %d: control message without app/name: %r", slot.index, message)
+            return
+        key = (app, name)
+        if op == "claim":
+            self._claim(slot.index, key, int(message.get("id", 0)), message)
+        elif op == "release" and self.owners.get(key) == slot.index:
+            self._set_owner(key, None)
+            self._after_release(key)
+
+    def _claim(self, worker: int, key: StreamKey, request: int, message: dict[str, Any]) -> None:
+        owner = self.owners.get(key)
+        if owner is None or owner == worker:
+            if owner is None:
+                self._set_owner(key, worker)
+            self._answer(worker, request, True, worker)
+            return
+        if not message.get("takeover") or key in self.takeovers:
+            self._answer(worker, request, False, owner)
+            return
+        # Takeover: the owner ends its publish (its recording is finished there), says so
+        # with a release, and only then may the new one record: never two recordings.
+        loop = asyncio.get_running_loop()
+        pending = self.takeovers[key] = _Takeover(worker, request)
+        pending.timer = loop.call_later(TAKEOVER_TIMEOUT, self._takeover_late, key, pending)
+        writer = self.slots[owner].writer
+        if writer is not None:
+            by = {"by": message.get("peer", "?"), "worker": worker}
+            _send(writer, {"op": "release", "app": key[0], "name": key[1], **by})
+
+    def _after_release(self, key: StreamKey) -> None:
+        pending = self.takeovers.pop(key, None)
+        if pending is None:
+            return
+        if pending.timer is not None:
+            pending.timer.cancel()
+        if self.slots[pending.worker].writer is None:
+            return  # the claimant died meanwhile
+        self._set_owner(key, pending.worker)
+        self._answer(pending.worker, pending.request, True, pending.worker)
+
+    def _takeover_late(self, key: StreamKey, pending: _Takeover) -> None:
+        if self.takeovers.get(key) is not pending:
+            return
+        del self.takeovers[key]
+        owner = self.owners.get(key)
+        log.warning(
+            "stream %s/%s: worker %s did not let it go within %g s; the takeover from worker "
+            "%d is refused",
+            *key,
+            owner,
+            TAKEOVER_TIMEOUT,
+            pending.worker,
+        )
+        self._answer(pending.worker, pending.request, False, owner)
+
+    def _forget(self, worker: int) -> None:
+        """A worker died: its names are free (a takeover waiting for one is granted), and
+        its own takeovers are dropped."""
+        for key, pending in list(self.takeovers.items()):
+            if pending.worker == worker:
+                if pending.timer is not None:
+                    pending.timer.cancel()
+                del self.takeovers[key]
+        for key, owner in list(self.owners.items()):
+            if owner == worker:
+                self._set_owner(key, None)
+                self._after_release(key)
+
+
+def _how_it_ended(code: int | None) -> str:
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with {code}"
+
+
+async def supervise(argv: list[str], count: int) -> int:
+    """Run the supervisor of `count` workers of the command line `argv` until a signal."""
+    runtime = Path(tempfile.mkdtemp(prefix="rtmp2server-workers-"))  # mode 0700
+    try:
+        return await Supervisor(argv, count, runtime).run()
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+# --- a worker ----------------------------------------------------------------------------------
+
+
+class WorkerRegistry(StreamRegistry):
+    """A worker's registry: publishes of its own clients, and internal publishes (links from
+    the worker that owns the stream). A publisher here always wins over an internal publish,
+    whatever the republish policy: the link only stood in for a publisher elsewhere."""
+
+    def __init__(self, republish: Republish = "takeover") -> None:
+        super().__init__(republish)
+        self.internal: set[Stream] = set()
+        self.on_release: Callable[[Stream], None] | None = None
+
+    def refuses(self, stream: Stream) -> bool:
+        if self.get(*stream.key) in self.internal:
+            return False
+        return super().refuses(stream)
+
+    def claim(self, stream: Stream) -> bool:
+        old = self.get(*stream.key)
+        if old is not None and old in self.internal:
+            old.close("replaced by a publish on this worker")
+            if self.get(*stream.key) is old:
+                self.release(old)
+        return super().claim(stream)
+
+    def release(self, stream: Stream) -> None:
+        super().release(stream)
+        self.internal.discard(stream)
+        if self.on_release is not None:
+            self.on_release(stream)
+
+
+class _LinkClient(Client):
+    """The RTMP client over a worker's private unix socket."""
+
+    def __init__(self, path: Path, app: str, timeout: float) -> None:
+        # Announced as an Enhanced RTMP multitrack player: the owner relays every track and
+        # codec unchanged, for this worker's players to get what they would from the owner.
+        extra = {"fourCcList": ["*"], "capsEx": float(CapsEx.MULTITRACK)}
+        super().__init__("rtmp://worker/link", timeout=timeout, connect_extra=extra)
+        self.url = URL("rtmp", "worker", 0, app, f"rtmp://worker/{app}")
+        self.path = path
+
+    async def open(self) -> None:
+        try:
+            self._reader, self._writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(str(self.path)), self.timeout
+            )
+        except (OSError, TimeoutError) as err:
+            raise ClientError(f"{self.path}: cannot connect: {err!r}") from err
+        self._task = asyncio.create_task(self._read_loop())
+        u = self.url
+        self.connect_result = await self._call(
+            "connect", self.conn.connect(u.app, u.tc_url, **self._connect_extra)
+        )
+
+
+class _Link:
+    """This worker playing one stream from the worker that owns it, into its registry."""
+
+    def __init__(self, worker: Worker, key: StreamKey, owner: int) -> None:
+        self.worker = worker
+        self.key = key
+        self.owner = owner
+        self.stream: Stream | None = None
+        self.gone = False  # the owner's publish ended: stop once what it sent is read
+        self.last = time.monotonic()
+        self.task = asyncio.create_task(self._run())
+        self.watch = asyncio.create_task(self._watch())
+
+    def stop(self) -> None:
+        self.task.cancel()
+
+    async def _run(self) -> None:
+        w = self.worker
+        app, name = self.key
+        path = w.socket_path(self.owner)
+        why = "ended by the owner"
+        try:
+            async with _LinkClient(path, app, w.server.config.handshake_timeout or 10.0) as client:
+                async for msg in client.play(name):
+                    self.last = time.monotonic()
+                    stream = self.stream
+                    if stream is None:
+                        stream = self.stream = self._register()
+                    stream.deliver(msg)
+        except ClientError as err:
+            why = str(err)
+        except asyncio.CancelledError:
+            why = "stopped"
+        finally:
+            self.watch.cancel()
+            if w.links.get(self.key) is self:
+                del w.links[self.key]
+            stream, self.stream = self.stream, None
+            if stream is not None and not stream.ended:
+                w.registry.release(stream)
+            log.info("link %s/%s from worker %d: stop (%s)", app, name, self.owner, why)
+
+    def _register(self) -> Stream:
+        w = self.worker
+        stream = Stream(app=self.key[0], name=self.key[1], peer=f"worker {self.owner}")
+        stream.close = lambda reason: self.stop()
+        w.registry.internal.add(stream)
+        w.registry.claim(stream)
+        w.registry.started(stream)
+        log.info("link %s/%s from worker %d: start", *self.key, self.owner)
+        return stream
+
+    async def _watch(self) -> None:
+        idle = 0.0
+        step = 0.25
+        while True:
+            await asyncio.sleep(step)
+            if self.gone and time.monotonic() - self.last >= PULL_TAIL:
+                self.stop()
+                return
+            relay = self.worker.server.relay
+            channel = relay.channel(*self.key) if relay is not None else None
+            idle = 0.0 if channel is not None and channel.players else idle + step
+            if idle >= PULL_LINGER:
+                self.stop()
+                return
+
+
+class Worker:
+    """The workers' side of one worker process: claims, owners and links."""
+
+    def __init__(
+        self,
+        index: int,
+        runtime: Path,
+        server: RTMPServer,
+        registry: WorkerRegistry,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self.index = index
+        self.runtime = runtime
+        self.server = server
+        self.registry = registry
+        self.reader = reader
+        self.writer = writer
+        self.owners: dict[StreamKey, int] = {}
+        self.claimed: dict[StreamKey, Stream] = {}  # names the supervisor gave this worker
+        self.links: dict[StreamKey, _Link] = {}
+        self._asked: dict[int, tuple[StreamKey, asyncio.Future[dict[str, Any]]]] = {}
+        self._ids = 0
+        registry.on_release = self._released
+        server.publish_handler = self.publish
+        if server.relay is not None:
+            relay_play = server.relay.play
+
+            def play(session: Session, req: PlayRequest) -> None:
+                relay_play(session, req)
+                self.want((session.conn.app, req.name))
+
+            server.play_handler = play
+
+    def socket_path(self, index: int) -> Path:
+        return self.runtime / f"worker-{index}.sock"
+
+    # --- names ---------------------------------------------------------------------------
+
+    async def publish(self, stream: Stream) -> bool:
+        """The publish handler: the name from the supervisor first, then the server's own
+        policy (it records)."""
+        self._ids += 1
+        request = self._ids
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._asked[request] = (stream.key, fut)
+        takeover = self.server.config.republish == "takeover"
+        _send(
+            self.writer,
+            {
+                "op": "claim",
+                "id": request,
+                "app": stream.app,
+                "name": stream.name,
+                "peer": stream.peer,
+                "takeover": takeover,
+            },
+        )
+        answer = await fut
+        if not answer.get("granted"):
+            raise Refused(
+                f"{stream.name} is already being published.",
+                f"already being published on worker {answer.get('owner')}",
+            )
+        self.claimed[stream.key] = stream
+        return self.server.record_publish(stream)
+
+    def _released(self, stream: Stream) -> None:
+        """A stream left the registry: give its name back unless this worker still has it."""
+        key = stream.key
+        if self.claimed.get(key) is not stream:
+            return
+        other = self.registry.get(*key)
+        if other is not None and other not in self.registry.internal:
+            self.claimed[key] = other
+            return
+        del self.claimed[key]
+        _send(self.writer, {"op": "release", "app": key[0], "name": key[1]})
+
+    def _answered(self, message: dict[str, Any]) -> None:
+        entry = self._asked.pop(int(message.get("id", 0)), None)
+        if entry is None:
+            return
+        key, fut = entry
+        if not fut.done():
+            fut.set_result(message)
+        elif message.get("granted") and key not in self.claimed:
+            # The publisher left while we asked: the name goes straight back.
+            _send(self.writer, {"op": "release", "app": key[0], "name": key[1]})
+
+    def _let_go(self, key: StreamKey, by: str, worker: int) -> None:
+        """The supervisor wants this worker's publish of `key` ended: a takeover elsewhere."""
+        stream = self.claimed.get(key)
+        if stream is not None:
+            log.info(
+                "stream %s/%s: peer=%s on worker %d takes over from peer=%s",
+                *key,
+                by,
+                worker,
+                stream.peer,
+            )
+            stream.close(f"replaced by peer {by} on worker {worker}")
+            if self.registry.get(*key) is stream:
+                self.registry.release(stream)
+        if key in self.claimed:  # a second local publish of it, now the one that has it
+            other = self.claimed.pop(key)
+            other.close(f"replaced by peer {by} on worker {worker}")
+        _send(self.writer, {"op": "release", "app": key[0], "name": key[1]})
+
+    # --- links ---------------------------------------------------------------------------
+
+    def want(self, key: StreamKey) -> None:
+        """A player here asks for `key`: link to its owner if another worker has it."""
+        owner = self.owners.get(key)
+        if owner is None or owner == self.index or key in self.links:
+            return
+        local = self.registry.get(*key)
+        if local is not None and local not in self.registry.internal:
+            return
+        self.links[key] = _Link(self, key, owner)
+
+    def _owner(self, key: StreamKey, owner: int | None) -> None:
+        if owner is None:
+            self.owners.pop(key, None)
+        else:
+            self.owners[key] = owner
+        link = self.links.get(key)
+        if link is not None and link.owner != owner:
+            link.gone = True  # it ends once the last bytes the owner sent are read
+            del self.links[key]
+        if owner is not None and owner != self.index:
+            relay = self.server.relay
+            channel = relay.channel(*key) if relay is not None else None
+            if channel is not None and channel.players:
+                self.want(key)
+
+    async def serve_control(self, stop: asyncio.Event) -> None:
+        """Act on the supervisor's messages; when it is gone, this worker stops too."""
+        async for message in _lines(self.reader, f"worker {self.index}"):
+            op = message.get("op")
+            try:
+                if op == "answer":
+                    self._answered(message)
+                elif op == "owners":
+                    for app, name, owner in message.get("owners", []):
+                        self._owner((str(app), str(name)), int(owner))
+                elif op == "owner":
+                    owner = message.get("worker")
+                    key = (str(message.get("app")), str(message.get("name")))
+                    self._owner(key, None if owner is None else int(owner))
+                elif op == "release":
+                    key = (str(message.get("app")), str(message.get("name")))
+                    self._let_go(key, str(message.get("by", "?")), int(message.get("worker", -1)))
+            except Exception:
+                log.exception("worker %d: control message %r failed", self.index, message)
+        if not stop.is_set():
+            log.error("worker %d: the supervisor is gone; stopping", self.index)
+            stop.set()
+
+    def close(self) -> None:
+        for link in list(self.links.values()):
+            link.stop()
+        for _key, fut in self._asked.values():
+            if not fut.done():
+                fut.set_result({"granted": False, "owner": None})
+
+
+def worker_config(config: ServerConfig, index: int) -> ServerConfig:
+    """The configuration of worker `index`: the HTTP side (API, metrics) only on worker 0,
+    whose view it shows; the test port of `ENV_TEST_PORTS`, if set, added."""
+    listeners = config.listeners()
+    ports = [p for p in os.environ.get(ENV_TEST_PORTS, "").split(",") if p.strip()]
+    if index < len(ports):
+        listeners.append(Listener("rtmp", "127.0.0.1", int(ports[index])))
+    return replace(config, listen=listeners, http=config.http if index == 0 else "")
+
+
+def _link_config(config: ServerConfig) -> ServerConfig:
+    """The private listener's: plays only, from sibling workers, with no access rules (the
+    socket's directory is the access rule), no recording, no webhooks, no address limit."""
+    return replace(
+        config,
+        record_dir=None,
+        http="",
+        apps={},
+        access=None,
+        on_connect="",
+        on_publish="",
+        on_play="",
+        webhook="",
+        max_connections_per_ip=0,
+    )
+
+
+async def run_worker(config: ServerConfig, args: argparse.Namespace | None, index: int) -> int:
+    """Worker `index`: the public listeners (SO_REUSEPORT), the private link socket, and its
+    part of the names, until SIGTERM/SIGINT (or the supervisor's death)."""
+    from .cli import reload  # the front-end's SIGHUP: the same as a single server's
+
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)s %(name)s[worker {index}]: %(message)s")
+        )
+    runtime = Path(os.environ[ENV_DIR])
+    sock = socket.socket(fileno=int(os.environ[ENV_FD]))
+    reader, writer = await asyncio.open_unix_connection(sock=sock, limit=LINE_LIMIT)
+    cfg = worker_config(config, index)
+    registry = WorkerRegistry(cast(Republish, cfg.republish))
+    server = RTMPServer(cfg, registry=registry)
+    server.reuse_port = True
+    worker = Worker(index, runtime, server, registry, reader, writer)
+    # Plays from sibling workers: the same registry and relay, none of the public rules.
+    link_server = RTMPServer(
+        _link_config(cfg),
+        registry=registry,
+        publish_handler=lambda stream: False,
+        play_handler=server.play_handler,
+    )
+
+    def link_session() -> Session:
+        session = Session(link_server)
+        session.peer = "worker-link"
+        return session
+
+    stop = asyncio.Event()
+    signals: list[signal.Signals] = []
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        signals.append(sig)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    if args is not None and args.config is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload, server, args)
+    else:
+        loop.add_signal_handler(signal.SIGHUP, log.info, "SIGHUP: no --config file to reload")
+    path = worker.socket_path(index)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # left by this worker's previous life
+    try:
+        await server.start()
+        links = await loop.create_unix_server(link_session, str(path))
+    except OSError as err:
+        print(f"rtmp2-server: worker {index}: cannot listen: {err}", file=sys.stderr)
+        await server.close()
+        return 1
+    control = asyncio.create_task(worker.serve_control(stop))
+    _send(writer, {"op": "ready"})
+    log.info("accepting up to %d connections", server.max_connections())
+    await stop.wait()
+    if signals and signals[0] == signal.SIGTERM:
+        await server.drain()
+    log.info("shutting down: closing %d connection(s)", len(server.sessions))
+    worker.close()
+    links.close()
+    await link_server.close()
+    await server.close()
+    control.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await control
+    writer.close()
+    return 0
