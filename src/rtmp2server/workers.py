@@ -463,9 +463,7 @@ class _Link:
             if self.gone and time.monotonic() - self.last >= PULL_TAIL:
                 self.stop()
                 return
-            relay = self.worker.server.relay
-            channel = relay.channel(*self.key) if relay is not None else None
-            idle = 0.0 if channel is not None and channel.players else idle + step
+            idle = 0.0 if self.worker.has_players(self.key) else idle + step
             if idle >= PULL_LINGER:
                 self.stop()
                 return
@@ -492,6 +490,7 @@ class Worker:
         self.owners: dict[StreamKey, int] = {}
         self.claimed: dict[StreamKey, Stream] = {}  # names the supervisor gave this worker
         self.links: dict[StreamKey, _Link] = {}
+        self.link_server: RTMPServer | None = None  # the private listener's (run_worker)
         self._asked: dict[int, tuple[StreamKey, asyncio.Future[dict[str, Any]]]] = {}
         self._ids = 0
         registry.on_release = self._released
@@ -601,11 +600,20 @@ class Worker:
         if link is not None and link.owner != owner:
             link.gone = True  # it ends once the last bytes the owner sent are read
             del self.links[key]
-        if owner is not None and owner != self.index:
-            relay = self.server.relay
-            channel = relay.channel(*key) if relay is not None else None
-            if channel is not None and channel.players:
-                self.want(key)
+        if owner is not None and owner != self.index and self.has_players(key):
+            self.want(key)
+
+    def has_players(self, key: StreamKey) -> bool:
+        """Whether a client of this worker plays `key`. Links of other workers do not
+        count: one kept in its grace here would otherwise pull the stream back from the
+        worker that took it over, and the two would feed each other."""
+        relay = self.server.relay
+        channel = relay.channel(*key) if relay is not None else None
+        if channel is None:
+            return False
+        return any(
+            getattr(p.session, "server", None) is not self.link_server for p in channel.players
+        )
 
     async def serve_control(self, stop: asyncio.Event) -> None:
         """Act on the supervisor's messages; when it is gone, this worker stops too."""
@@ -689,6 +697,8 @@ async def run_worker(config: ServerConfig, args: argparse.Namespace | None, inde
         publish_handler=lambda stream: False,
         play_handler=server.play_handler,
     )
+
+    worker.link_server = link_server
 
     def link_session() -> Session:
         session = Session(link_server)

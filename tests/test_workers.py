@@ -1,0 +1,308 @@
+"""`rtmp2-server --workers 2`: two processes on one port, with real publishers and players.
+
+Each test runs the command as a user would, plus the test-only environment setting
+`RTMP2SERVER_WORKER_PORTS` that gives worker i a port of its own as well (SO_REUSEPORT alone
+spreads connections at random), so that a test chooses the worker each client reaches:
+
+- a publisher (ffmpeg 9) on worker 0 and players (rtmpdump, Debian's ffmpeg) on worker 1: the
+  players get every frame from a keyframe on, bit-exact to worker 0's recording, and the
+  stream is recorded once;
+- a second publisher of the name on worker 1 takes it over (the default policy, as in one
+  process) or is refused (`--republish refuse`), and never are two recordings open at once;
+- worker 1 killed with SIGKILL while it plays a stream of worker 0: it is restarted (a log
+  line), its player is gone, and the publisher, the recording and a player on worker 0 go on;
+  the restarted worker plays the stream again;
+- the two workers share the public port, and SIGTERM ends them all with exit code 0.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rtmp2server import config
+from rtmp2server.workers import ENV_TEST_PORTS, worker_count
+from support.clients import Publisher, start_looping_publisher
+from support.probe import av_counts, probe_errors
+from support.server import ServerProcess, free_port, server_command
+from test_e2e_play import (
+    FFMPEG9,
+    Player,
+    assert_suffix_from_keyframe,
+    make_source,
+    media_dir,
+)
+
+__all__ = ["media_dir"]  # test_e2e_play's fixture, used here by name
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+WORKERS = 2
+
+
+class Workers(ServerProcess):
+    """`rtmp2-server --workers 2` with a port of its own for each worker (`url(worker=i)`)."""
+
+    def __init__(self, tmp: Path, args: list[str]) -> None:
+        super().__init__(tmp / "rec", tmp / "server.log", free_port(), args)
+        self.worker_ports = [free_port() for _ in range(WORKERS)]
+
+    def start(self, timeout: float = 20.0) -> Workers:
+        self.record_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, **{ENV_TEST_PORTS: ",".join(map(str, self.worker_ports))})
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                server_command(self.port, self.record_dir, extra=self.args),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.wait_ready(WORKERS, timeout)
+        return self
+
+    def wait_ready(self, count: int, timeout: float = 20.0) -> None:
+        """Until `count` "worker i ready" lines in all, and every port accepts."""
+        self.wait_for_log(r"rtmp2server: worker \d ready", count=count, timeout=timeout)
+        for port in (self.port, *self.worker_ports):
+            with socket.create_connection(("127.0.0.1", port), timeout=5):
+                pass
+
+    def url(self, stream: str, app: str = "live", worker: int | None = None) -> str:
+        port = self.port if worker is None else self.worker_ports[worker]
+        return f"rtmp://127.0.0.1:{port}/{app}/{stream}"
+
+    def pid(self, worker: int) -> int:
+        lines = self.log_lines(f"worker {worker} started (pid ")
+        match = re.search(r"\(pid (\d+)\)", lines[-1])
+        assert match, lines
+        return int(match.group(1))
+
+    def worker_lines(self, worker: int, *needles: str) -> list[str]:
+        return self.log_lines(f"[worker {worker}]:", *needles)
+
+
+@pytest.fixture
+def workers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Workers]:
+    extra: list[str] = getattr(request, "param", [])
+    # A short grace: players end 1 s after the stream does, not 10.
+    server = Workers(tmp_path, ["--workers", str(WORKERS), "--republish-grace", "1", *extra])
+    server.start()
+    request.node._rtmp_server = server  # conftest attaches the log to a failure report
+    try:
+        yield server
+    finally:
+        code = server.stop(20)
+        assert code == 0, f"rtmp2-server --workers exited {code} on SIGTERM:\n{server.log()}"
+        assert not server.log_lines("Traceback"), server.log()
+
+
+def start_publisher(src: Path, url: str) -> Publisher:
+    """ffmpeg 9 publishing `src` to `url` once, in real time."""
+    args = f"-hide_banner -nostdin -loglevel error -re -i {src} -map 0 -c copy -f flv {url}"
+    return Publisher([FFMPEG9, *args.split()])
+
+
+def publish(server: Workers, src: Path, stream: str, worker: int, count: int = 1) -> Publisher:
+    """`start_publisher` to `worker`; returns once its publish started (the `count`th
+    "publish start" of `stream`)."""
+    publisher = start_publisher(src, server.url(stream, worker=worker))
+    server.wait_for_log(rf"publish start: .* stream={stream}\b", count=count)
+    return publisher
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("1", 1), ("2", 2), ("16", 16), ("auto", 0), ("0", 0)]
+)
+def test_workers_flag_values(text: str, expected: int) -> None:
+    assert config.KEY_BY_NAME["workers"].parse_flag(text) == expected
+
+
+@pytest.mark.parametrize("text", ["-1", "two", "", "257", "1.5"])
+def test_workers_flag_refuses_what_is_not_a_count(text: str) -> None:
+    with pytest.raises(config.ConfigError, match=r"--workers: .*expected auto, or a number"):
+        config.KEY_BY_NAME["workers"].parse_flag(text)
+
+
+def test_workers_in_the_file_and_auto_is_one_per_cpu(tmp_path: Path) -> None:
+    for value, count in (('"auto"', os.cpu_count() or 1), ("3", 3)):
+        path = tmp_path / "server.toml"
+        path.write_text(f"[server]\nworkers = {value}\n")
+        cfg = config.resolve(path, {}).config
+        assert worker_count(cfg) == count
+    path.write_text("[server]\nworkers = true\n")
+    with pytest.raises(config.ConfigError, match=r"server\.workers"):
+        config.resolve(path, {})
+    assert worker_count(config.ServerConfig()) == 1  # the library's default: one process
+
+
+# --- end to end ------------------------------------------------------------------------------
+
+
+def test_players_on_another_worker_get_every_frame_and_the_stream_is_recorded_once(
+    workers: Workers, media_dir: Path, tmp_path: Path
+) -> None:
+    src = make_source(media_dir, "h264-aac-gop1s")  # 6 s, a keyframe every second
+    early = Player("rtmpdump", workers.url("cross", worker=1), tmp_path / "early.flv")
+    workers.wait_for_log(r"\[worker 1\]: play start: .* stream=cross\b")
+    publisher = publish(workers, src, "cross", worker=0)
+    time.sleep(2.4)  # mid-GOP
+    late = [
+        Player(kind, workers.url("cross", worker=1), tmp_path / f"{kind}.flv")
+        for kind in ("rtmpdump", "ffmpeg-debian")
+    ]
+    result = publisher.wait(30)
+    assert result.returncode == 0, result.stdout
+    for player in (early, *late):
+        player.wait()
+    workers.wait_publish("stop", "cross")
+    recording = workers.recording("cross")  # one recording, on the publisher's worker
+    assert workers.worker_lines(0, "recording 'live'/'cross'")
+    assert not workers.worker_lines(1, "recording")
+    assert probe_errors(recording) == ""
+    assert av_counts(recording) == av_counts(src)
+    joined = assert_suffix_from_keyframe(early.out, recording)
+    assert joined.video_from == 0  # waiting before the publish: every frame
+    for player in late:
+        joined = assert_suffix_from_keyframe(player.out, recording)
+        assert joined.video_from > 0 and joined.video_from % 30 == 0
+        assert joined.video >= 30
+    # Three players on worker 1 cost worker 0 one link.
+    assert len(workers.worker_lines(0, "play start: peer=worker-link", "stream=cross")) == 1
+    assert len(workers.worker_lines(1, "link live/cross from worker 0: start")) == 1
+    stops = workers.worker_lines(1, "play stop", "stream=cross")
+    assert len(stops) == 3 and all("dropped=0" in line for line in stops), stops
+    workers.wait_for_log(r"\[worker 1\]: link live/cross from worker 0: stop")
+
+
+def test_a_second_publisher_on_another_worker_takes_the_name_over(
+    workers: Workers, media_dir: Path, tmp_path: Path
+) -> None:
+    src = make_source(media_dir, "h264-aac-gop1s")
+    first = start_looping_publisher(src, workers.url("over", worker=0))
+    workers.wait_for_log(r"\[worker 0\]: publish start: .* stream=over\b")
+    player = Player("ffmpeg-debian", workers.url("over", worker=1), tmp_path / "p.flv")
+    workers.wait_for_log(r"\[worker 1\]: link live/over from worker 0: start")
+    time.sleep(1.5)
+    second = publish(workers, src, "over", worker=1, count=2)
+    try:
+        workers.wait_for_log(r"\[worker 0\]: publish stop: .*\(replaced by peer .* on worker 1\)")
+        assert first.proc.wait(10) != 0  # its connection was closed under it
+        result = second.wait(30)
+        assert result.returncode == 0, result.stdout
+        player.wait()
+    finally:
+        first.kill()
+    workers.wait_for_log(r"\[worker 1\]: publish stop: .* stream=over\b")
+    text = workers.log()
+    # The old recording was finished before the new one began: never two at once.
+    stop_0 = re.search(r"\[worker 0\]: publish stop: .* stream=over\b", text)
+    start_1 = re.search(r"\[worker 1\]: publish start: .* stream=over\b", text)
+    assert stop_0 and start_1 and stop_0.start() < start_1.start(), text
+    found = workers.recordings("over")
+    assert len(found) == 2, found
+    for path in found:
+        assert probe_errors(path) == "", path
+    # The player on worker 1 went from the link to the local publisher without a break.
+    assert probe_errors(player.out) == ""
+    assert av_counts(player.out)["video"] >= 30 * 4
+    stops = workers.worker_lines(1, "play stop", "stream=over")
+    assert len(stops) == 1 and "dropped=0" in stops[0], stops
+
+
+@pytest.mark.parametrize("workers", [["--republish", "refuse"]], indirect=True)
+def test_with_refuse_a_second_publisher_on_another_worker_is_refused(
+    workers: Workers, media_dir: Path
+) -> None:
+    src = make_source(media_dir, "h264-aac-gop1s")
+    first = publish(workers, src, "once", worker=0)
+    second = start_publisher(src, workers.url("once", worker=1))
+    refused = second.wait(20)
+    assert refused.returncode != 0
+    lines = workers.worker_lines(1, "publish live/once refused")
+    assert len(lines) == 1 and "already being published on worker 0" in lines[0], lines
+    result = first.wait(30)
+    assert result.returncode == 0, result.stdout
+    workers.wait_publish("stop", "once")
+    recording = workers.recording("once")
+    assert av_counts(recording) == av_counts(src)
+
+
+def test_a_killed_worker_is_restarted_and_only_its_connections_are_affected(
+    workers: Workers, media_dir: Path, tmp_path: Path
+) -> None:
+    src = make_source(media_dir, "h264-aac-gop1s")
+    publisher = start_looping_publisher(src, workers.url("steady", worker=0))
+    try:
+        workers.wait_for_log(r"\[worker 0\]: publish start: .* stream=steady\b")
+        local = Player("ffmpeg-debian", workers.url("steady", worker=0), tmp_path / "local.flv")
+        remote = Player("rtmpdump", workers.url("steady", worker=1), tmp_path / "remote.flv")
+        workers.wait_for_log(r"\[worker 1\]: link live/steady from worker 0: start")
+        time.sleep(2.0)
+        victim = workers.pid(1)
+        os.kill(victim, signal.SIGKILL)
+        workers.wait_for_log(r"worker 1 was killed by SIGKILL after [\d.]+ s; restarting it")
+        workers.wait_ready(WORKERS + 1)
+        assert workers.pid(1) != victim
+        remote.proc.wait(10)  # its worker is gone, and its connection with it
+        # Worker 0's side did not notice: the publisher and its player go on.
+        time.sleep(2.0)
+        assert publisher.running(), publisher.output
+        assert local.proc.poll() is None
+        assert not workers.worker_lines(0, "publish stop")
+        assert not workers.worker_lines(0, "play stop", "peer=127.0.0.1")
+        # The restarted worker plays the stream again.
+        again = tmp_path / "again.flv"
+        url = workers.url("steady", worker=1)
+        args = f"-hide_banner -nostdin -loglevel error -y -i {url} -t 3 -map 0 -c copy -f flv"
+        subprocess.run(
+            [FFMPEG9, *args.split(), str(again)],
+            check=True,
+            timeout=30,
+            capture_output=True,
+        )
+        assert av_counts(again)["video"] >= 30
+        assert probe_errors(again) == ""
+    finally:
+        publisher.kill()
+    workers.wait_publish("stop", "steady")
+    local.proc.terminate()
+    local.proc.wait(10)
+    recording = workers.recording("steady")  # one recording, never interrupted
+    assert probe_errors(recording) == ""
+    assert av_counts(recording)["video"] >= 30 * 6
+    assert av_counts(local.out)["video"] >= 30 * 5
+    assert probe_errors(local.out) == ""
+
+
+def test_two_workers_share_the_port_and_stop_on_sigterm(
+    workers: Workers, media_dir: Path, tmp_path: Path
+) -> None:
+    for worker in range(WORKERS):
+        assert workers.worker_lines(worker, f"listening on rtmp://127.0.0.1:{workers.port}")
+    src = make_source(media_dir, "h264-aac-gop1s")
+    # Through the shared port: whichever worker each lands on, the player gets the stream.
+    publisher = start_publisher(src, workers.url("shared"))
+    workers.wait_publish("start", "shared")
+    time.sleep(1.2)
+    players = [Player("rtmpdump", workers.url("shared"), tmp_path / f"p{i}.flv") for i in range(3)]
+    assert publisher.wait(30).returncode == 0
+    for player in players:
+        player.wait()
+    recording = workers.recording("shared")
+    for player in players:
+        assert_suffix_from_keyframe(player.out, recording)
+    assert workers.stop(20) == 0
+    for worker in range(WORKERS):
+        assert workers.worker_lines(worker, "shutting down")
