@@ -306,3 +306,47 @@ def test_two_workers_share_the_port_and_stop_on_sigterm(
     assert workers.stop(20) == 0
     for worker in range(WORKERS):
         assert workers.worker_lines(worker, "shutting down")
+
+
+@pytest.mark.parametrize("workers", [["--play-wait", "0"]], indirect=True)
+def test_with_play_wait_0_a_play_on_another_worker_waits_for_the_link(
+    workers: Workers, media_dir: Path, tmp_path: Path
+) -> None:
+    # Not published on worker 1, so a single server would refuse the play at once; the
+    # stream is live on worker 0, so the play waits for the link and gets it.
+    src = make_source(media_dir, "h264-aac-gop1s")
+    publisher = publish(workers, src, "nowait", worker=0)
+    time.sleep(1.5)
+    player = Player("rtmpdump", workers.url("nowait", worker=1), tmp_path / "p.flv")
+    assert publisher.wait(30).returncode == 0
+    player.wait()
+    workers.wait_publish("stop", "nowait")
+    assert_suffix_from_keyframe(player.out, workers.recording("nowait"))
+
+
+def test_when_the_owner_worker_dies_its_names_are_free_and_remote_players_end_cleanly(
+    workers: Workers, media_dir: Path, tmp_path: Path
+) -> None:
+    src = make_source(media_dir, "h264-aac-gop1s")
+    first = start_looping_publisher(src, workers.url("orphan", worker=0))
+    try:
+        workers.wait_for_log(r"\[worker 0\]: publish start: .* stream=orphan\b")
+        player = Player("rtmpdump", workers.url("orphan", worker=1), tmp_path / "p.flv")
+        workers.wait_for_log(r"\[worker 1\]: link live/orphan from worker 0: start")
+        time.sleep(1.5)
+        os.kill(workers.pid(0), signal.SIGKILL)
+        workers.wait_for_log(r"worker 0 was killed by SIGKILL")
+        first.proc.wait(10)  # the publisher's connection was worker 0's
+        # The player's connection is worker 1's: it stays, and gets the end of the stream
+        # (Stream EOF after the grace), as from a single server whose publisher vanished.
+        player.wait()
+    finally:
+        first.kill()
+    workers.wait_ready(WORKERS + 1)
+    # The dead worker's name is free: a publisher on worker 1 gets it, and records it.
+    second = publish(workers, src, "orphan", worker=1, count=2)
+    assert second.wait(30).returncode == 0
+    workers.wait_for_log(r"\[worker 1\]: publish stop: .* stream=orphan\b")
+    found = workers.recordings("orphan")
+    assert len(found) == 2, found  # worker 0's, cut short by its death, and worker 1's
+    assert av_counts(max(found, key=lambda p: p.stat().st_mtime_ns)) == av_counts(src)

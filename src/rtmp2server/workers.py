@@ -43,7 +43,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -412,12 +412,28 @@ class _Link:
         self.owner = owner
         self.stream: Stream | None = None
         self.gone = False  # the owner's publish ended: stop once what it sent is read
+        self.up = asyncio.Event()  # set once its stream is in the registry
         self.last = time.monotonic()
         self.task = asyncio.create_task(self._run())
         self.watch = asyncio.create_task(self._watch())
 
     def stop(self) -> None:
         self.task.cancel()
+
+    async def wait_then(self, play: Callable[[], None], session: Session, req: PlayRequest) -> None:
+        """`play()` once this link is up (or has failed, or a connect timeout passed)."""
+        up = asyncio.ensure_future(self.up.wait())
+        try:
+            await asyncio.wait(
+                [up, self.task],
+                timeout=self.worker.server.config.handshake_timeout or 10.0,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            up.cancel()
+        if not session.closed and session.conn.is_pending(req):
+            play()
+            session.flush()
 
     async def _run(self) -> None:
         w = self.worker
@@ -453,6 +469,7 @@ class _Link:
         w.registry.claim(stream)
         w.registry.started(stream)
         log.info("link %s/%s from worker %d: start", *self.key, self.owner)
+        self.up.set()
         return stream
 
     async def _watch(self) -> None:
@@ -493,14 +510,22 @@ class Worker:
         self.link_server: RTMPServer | None = None  # the private listener's (run_worker)
         self._asked: dict[int, tuple[StreamKey, asyncio.Future[dict[str, Any]]]] = {}
         self._ids = 0
+        self._tasks: set[asyncio.Future[None]] = set()
         registry.on_release = self._released
         server.publish_handler = self.publish
+        server.publish_gate = self.claim
         if server.relay is not None:
             relay_play = server.relay.play
 
             def play(session: Session, req: PlayRequest) -> None:
+                key = (session.conn.app, req.name)
+                link = self.want(key)
+                if link is not None and link.stream is None and self._no_wait():
+                    # --play-wait 0 refuses a stream not published here at once: the play
+                    # waits for the link instead (what it would get on the owner).
+                    self._later(link.wait_then(lambda: relay_play(session, req), session, req))
+                    return
                 relay_play(session, req)
-                self.want((session.conn.app, req.name))
 
             server.play_handler = play
 
@@ -512,6 +537,12 @@ class Worker:
     async def publish(self, stream: Stream) -> bool:
         """The publish handler: the name from the supervisor first, then the server's own
         policy (it records)."""
+        await self.claim(stream)
+        return self.server.record_publish(stream)
+
+    async def claim(self, stream: Stream) -> bool:
+        """The name of `stream` from the supervisor (the publish gate of an unrecorded
+        publish); `Refused` if another worker has it and keeps it."""
         self._ids += 1
         request = self._ids
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -535,7 +566,7 @@ class Worker:
                 f"already being published on worker {answer.get('owner')}",
             )
         self.claimed[stream.key] = stream
-        return self.server.record_publish(stream)
+        return True
 
     def _released(self, stream: Stream) -> None:
         """A stream left the registry: give its name back unless this worker still has it."""
@@ -581,15 +612,27 @@ class Worker:
 
     # --- links ---------------------------------------------------------------------------
 
-    def want(self, key: StreamKey) -> None:
-        """A player here asks for `key`: link to its owner if another worker has it."""
+    def want(self, key: StreamKey) -> _Link | None:
+        """A player here asks for `key`: link to its owner if another worker has it; the
+        link, if there is one."""
+        link = self.links.get(key)
         owner = self.owners.get(key)
-        if owner is None or owner == self.index or key in self.links:
-            return
+        if link is not None or owner is None or owner == self.index:
+            return link
         local = self.registry.get(*key)
         if local is not None and local not in self.registry.internal:
-            return
-        self.links[key] = _Link(self, key, owner)
+            return None
+        link = self.links[key] = _Link(self, key, owner)
+        return link
+
+    def _no_wait(self) -> bool:
+        relay = self.server.relay
+        return relay is not None and relay.config.play_wait <= 0
+
+    def _later(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _owner(self, key: StreamKey, owner: int | None) -> None:
         if owner is None:
@@ -639,6 +682,8 @@ class Worker:
             stop.set()
 
     def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         for link in list(self.links.values()):
             link.stop()
         for _key, fut in self._asked.values():

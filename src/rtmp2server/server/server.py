@@ -457,7 +457,10 @@ class Session(asyncio.BufferedProtocol):
         if not self._name_ok(stream.name):
             raise Refused("The stream name is too long.", "public name too long")
         if decision.record is False:
-            return True  # the callback turned recording off for this stream
+            # The callback turned recording off for this stream; the name is still claimed
+            # where a gate says so (workers.py: across worker processes).
+            gate = self.server.publish_gate
+            return True if gate is None else await gate(stream)
         answer = self.server.publish_handler(stream)
         if isinstance(answer, Awaitable):
             answer = await answer
@@ -737,6 +740,9 @@ class RTMPServer:
         # SO_REUSEPORT on the RTMP listeners (set before `start`): worker processes of
         # `workers.py` bind the same port and the kernel spreads the accepts among them.
         self.reuse_port = False
+        # Awaited instead of `publish_handler` when an access callback turned recording off
+        # for a publish: True accepts it (workers.py claims the name there too).
+        self.publish_gate: Callable[[Stream], Awaitable[bool]] | None = None
         # One receive buffer for all sessions: a read is copied out of it before the next.
         self._read_view = memoryview(bytearray(READ_SIZE))
 
