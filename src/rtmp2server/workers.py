@@ -528,6 +528,15 @@ class Worker:
                 relay_play(session, req)
 
             server.play_handler = play
+            notify = server.relay.notify
+
+            def notify_clients(event: str, app: str, name: str, player: Any, **extra: Any) -> None:
+                # A link is not a player of the service: no play_start/play_stop webhooks
+                # (the worker where the player is sends them).
+                if notify is not None and not self.is_link(player.session):
+                    notify(event, app, name, player, **extra)
+
+            server.relay.notify = notify_clients
 
     def socket_path(self, index: int) -> Path:
         return self.runtime / f"worker-{index}.sock"
@@ -654,9 +663,11 @@ class Worker:
         channel = relay.channel(*key) if relay is not None else None
         if channel is None:
             return False
-        return any(
-            getattr(p.session, "server", None) is not self.link_server for p in channel.players
-        )
+        return any(not self.is_link(p.session) for p in channel.players)
+
+    def is_link(self, session: Any) -> bool:
+        """Whether `session` is another worker's link (on the private listener)."""
+        return self.link_server is not None and getattr(session, "server", None) is self.link_server
 
     async def serve_control(self, stop: asyncio.Event) -> None:
         """Act on the supervisor's messages; when it is gone, this worker stops too."""
