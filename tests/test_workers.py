@@ -17,6 +17,8 @@ spreads connections at random), so that a test chooses the worker each client re
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import signal
@@ -25,11 +27,20 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from rtmp2server import config
-from rtmp2server.workers import ENV_TEST_PORTS, worker_count
+from rtmp2server import workers as workers_module
+from rtmp2server.server.registry import Stream
+from rtmp2server.workers import (
+    ENV_TEST_PORTS,
+    Supervisor,
+    WorkerRegistry,
+    _Slot,
+    worker_count,
+)
 from support.clients import Publisher, start_looping_publisher
 from support.probe import av_counts, probe_errors
 from support.server import ServerProcess, free_port, server_command
@@ -145,6 +156,134 @@ def test_workers_in_the_file_and_auto_is_one_per_cpu(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError, match=r"server\.workers"):
         config.resolve(path, {})
     assert worker_count(config.ServerConfig()) == 1  # the library's default: one process
+
+
+# --- the supervisor's names, in process -------------------------------------------------------
+
+
+class FakeWriter:
+    """The supervisor's end of one worker's control socket: what it was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        self.sent.extend(json.loads(line) for line in data.splitlines())
+
+    def take(self) -> list[dict[str, Any]]:
+        sent, self.sent = self.sent, []
+        return sent
+
+
+def arbiter(count: int = 3) -> tuple[Supervisor, list[FakeWriter]]:
+    sup = Supervisor([], count, Path("/nonexistent"))
+    writers = [FakeWriter() for _ in range(count)]
+    sup.slots = [_Slot(i, writer=cast(Any, w)) for i, w in enumerate(writers)]
+    return sup, writers
+
+
+def claim(sup: Supervisor, worker: int, request: int, takeover: bool) -> None:
+    message = {"op": "claim", "id": request, "app": "live", "name": "x", "takeover": takeover}
+    sup._on_message(sup.slots[worker], {**message, "peer": f"10.0.0.{worker}:5000"})
+
+
+def owner_line(worker: int | None) -> dict[str, Any]:
+    return {"op": "owner", "app": "live", "name": "x", "worker": worker}
+
+
+def answer(request: int, granted: bool, owner: int | None) -> dict[str, Any]:
+    return {"op": "answer", "id": request, "granted": granted, "owner": owner}
+
+
+def test_a_free_name_is_granted_and_every_worker_is_told_its_owner() -> None:
+    sup, w = arbiter()
+    claim(sup, 1, 7, takeover=True)
+    assert w[1].take() == [owner_line(1), answer(7, True, 1)]
+    assert w[0].take() == w[2].take() == [owner_line(1)]
+    claim(sup, 1, 8, takeover=False)  # the same worker again: its own registry decides
+    assert w[1].take() == [answer(8, True, 1)]
+    sup._on_message(sup.slots[2], {"op": "release", "app": "live", "name": "x"})
+    assert sup.owners == {("live", "x"): 1}  # only the owner gives a name back
+    sup._on_message(sup.slots[1], {"op": "release", "app": "live", "name": "x"})
+    assert sup.owners == {} and w[0].take() == [owner_line(None)]
+
+
+def test_refuse_across_workers() -> None:
+    sup, w = arbiter()
+    claim(sup, 0, 1, takeover=False)
+    for writer in w:
+        writer.take()
+    claim(sup, 2, 2, takeover=False)
+    assert w[2].take() == [answer(2, False, 0)]
+    assert w[0].take() == [] and sup.owners == {("live", "x"): 0}
+
+
+def test_a_takeover_waits_for_the_owner_to_let_go() -> None:
+    async def scenario() -> None:
+        sup, w = arbiter()
+        claim(sup, 0, 1, takeover=True)
+        for writer in w:
+            writer.take()
+        claim(sup, 1, 2, takeover=True)
+        release = {"op": "release", "app": "live", "name": "x", "by": "10.0.0.1:5000"}
+        assert w[0].take() == [{**release, "worker": 1}]
+        assert w[1].take() == []  # not before the old publish (and recording) has ended
+        sup._on_message(sup.slots[0], {"op": "release", "app": "live", "name": "x"})
+        assert w[1].take() == [owner_line(None), owner_line(1), answer(2, True, 1)]
+        assert sup.owners == {("live", "x"): 1} and not sup.takeovers
+
+    asyncio.run(scenario())
+
+
+def test_a_takeover_the_owner_does_not_answer_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(workers_module, "TAKEOVER_TIMEOUT", 0.05)
+
+    async def scenario() -> None:
+        sup, w = arbiter()
+        claim(sup, 0, 1, takeover=True)
+        claim(sup, 1, 2, takeover=True)
+        w[1].take()
+        await asyncio.sleep(0.2)
+        assert w[1].take() == [answer(2, False, 0)]
+        assert sup.owners == {("live", "x"): 0} and not sup.takeovers
+
+    asyncio.run(scenario())
+
+
+def test_a_dead_workers_names_are_freed_and_a_waiting_takeover_granted() -> None:
+    async def scenario() -> None:
+        sup, w = arbiter()
+        claim(sup, 0, 1, takeover=True)
+        claim(sup, 1, 2, takeover=True)  # waits for worker 0
+        for writer in w:
+            writer.take()
+        sup.slots[0].writer = None
+        sup._forget(0)
+        assert w[1].take() == [owner_line(None), owner_line(1), answer(2, True, 1)]
+        sup.slots[1].writer = None
+        sup._forget(1)
+        assert sup.owners == {}
+        assert w[2].take() == [owner_line(None), owner_line(1), owner_line(None)]
+
+    asyncio.run(scenario())
+
+
+def test_a_publisher_on_this_worker_replaces_a_link_whatever_the_policy() -> None:
+    registry = WorkerRegistry("refuse")
+    link = Stream("live", "x", peer="worker 0")
+    closed: list[str] = []
+    link.close = closed.append
+    registry.internal.add(link)
+    registry.claim(link)
+    local = Stream("live", "x", peer="10.0.0.9:5000")
+    assert not registry.refuses(local)
+    registry.claim(local)
+    assert closed and registry.get("live", "x") is local and link.ended
+    assert link not in registry.internal
+    assert registry.refuses(Stream("live", "x"))  # a second publisher: the policy applies
 
 
 # --- end to end ------------------------------------------------------------------------------

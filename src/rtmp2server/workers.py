@@ -447,6 +447,9 @@ class _Link:
                     stream = self.stream
                     if stream is None:
                         stream = self.stream = self._register()
+                        if stream is None:
+                            why = "published on this worker meanwhile"
+                            break
                     stream.deliver(msg)
         except ClientError as err:
             why = str(err)
@@ -461,8 +464,13 @@ class _Link:
                 w.registry.release(stream)
             log.info("link %s/%s from worker %d: stop (%s)", app, name, self.owner, why)
 
-    def _register(self) -> Stream:
+    def _register(self) -> Stream | None:
+        """The internal publish, in the registry; None if a client of this worker publishes
+        the name now (a link never takes a name from a publisher)."""
         w = self.worker
+        local = w.registry.get(*self.key)
+        if local is not None and local not in w.registry.internal:
+            return None
         stream = Stream(app=self.key[0], name=self.key[1], peer=f"worker {self.owner}")
         stream.close = lambda reason: self.stop()
         w.registry.internal.add(stream)
