@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl as _ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -127,6 +127,9 @@ class Client:
         # at the server even before the first message comes).
         self.started = asyncio.Event()
         self.connect_result: ClientCommand | None = None
+        # Told of every onStatus as it arrives, also while a play yields messages (a relay
+        # that plays from another server acts on NetStream.Play.UnpublishNotify).
+        self.on_status: Callable[[ClientCommand], None] | None = None
 
     # --- connection ----------------------------------------------------------------------
 
@@ -337,6 +340,8 @@ class Client:
                 fut.set_result(item)
             elif item.name == "onStatus":
                 self._status.put_nowait(item)
+                if self.on_status is not None:
+                    self.on_status(item)
                 code = item.info.get("code")
                 if code in ("NetStream.Play.Stop", "NetStream.Play.Complete"):
                     await self._media.put(None)

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 MiB: Final = 1024 * 1024
 
@@ -183,6 +184,13 @@ class AppConfig:
     on_publish: str = _key("apps", "", kind="str", empty=True)
     on_play: str = _key("apps", "", kind="str", empty=True)
     """Callback URLs of this application; empty: the global ones."""
+    pull: str = _key("apps", "", kind="url", empty=True)
+    """rtmp[s]://HOST[:PORT]/APP of an origin: a play of NAME here that is not published
+    here pulls URL/NAME from it, for as long as it has players (see `pull_idle`); empty: no
+    pull."""
+    pull_static: list[str] = field(default_factory=list, metadata=_meta("apps", "url_list"))
+    """Streams pulled from an origin at all times, each rtmp[s]://HOST[:PORT]/APP/NAME,
+    published here as NAME (reconnecting with backoff, see `pull_retry_max`)."""
 
 
 @dataclass
@@ -289,6 +297,17 @@ class ServerConfig:
     republish: str = _key("publish", "takeover", kind="str", choices=("takeover", "refuse"))
     """A publish of a name already being published: takeover (the new publisher replaces
     the old one) or refuse (the new one gets NetStream.Publish.BadName)."""
+    # [pull]
+    pull: list[str] = field(default_factory=list, metadata=_meta("pull", "app_urls"))
+    """APP=URL (repeatable): a play of APP/NAME that is not published here pulls URL/NAME
+    (URL: rtmp[s]://HOST[:PORT]/APP of an origin) while it has players; as `pull` in
+    [apps.APP]."""
+    pull_idle: float = _key("pull", 5.0, kind="float", lo=0)
+    """Seconds a pull on demand goes on after its last player left (a player that comes
+    back within them costs the origin no new connection)."""
+    pull_retry_max: float = _key("pull", 30.0, kind="float", lo=0.1)
+    """Longest wait between two attempts of a pull (the wait doubles from 0.5 s after each
+    failure)."""
     # [access]
     on_connect: str = _key("access", "", kind="str", empty=True)
     """HTTP callback URL that decides each connect (every application); empty: none."""
@@ -358,6 +377,7 @@ SECTIONS: Final = (
     "timeouts",
     "record",
     "publish",
+    "pull",
     "play",
     "access",
     "webhook",
@@ -384,6 +404,9 @@ _KIND_NAMES: Final = {
     "cidr_list": "a list of addresses or CIDR networks",
     "key_map": "a table of stream name = key",
     "workers": "auto, or a number of processes",
+    "url": "an rtmp[s]://HOST[:PORT]/APP URL",
+    "url_list": "a list of rtmp[s]://HOST[:PORT]/APP/NAME URLs",
+    "app_urls": "a list of APP=rtmp[s]://HOST[:PORT]/APP",
 }
 
 
@@ -537,6 +560,30 @@ class Key:
                 ):
                     raise bad(f"the key of {name!r} is not sha256:<64 hex digits>")
             return dict(value)
+        if kind == "url":
+            if not isinstance(value, str):
+                raise bad()
+            problem = url_problem(value) if value else ("" if self.empty else "empty")
+            if problem:
+                raise bad(problem)
+            return value
+        if kind == "url_list":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise bad()
+            for item in value:
+                problem = url_problem(item, stream=True)
+                if problem:
+                    raise bad(f"{_show(item)}: {problem}")
+            return list(value)
+        if kind == "app_urls":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise bad()
+            for item in value:
+                app, eq, url = item.partition("=")
+                problem = "not APP=URL" if not eq or not app else url_problem(url)
+                if problem:
+                    raise bad(f"{_show(item)}: {problem}")
+            return list(value)
         if kind == "listen":
             if not isinstance(value, list):
                 raise bad()
@@ -787,6 +834,26 @@ def _check_together(config: ServerConfig) -> None:
         tls_context(config)
 
 
+def url_problem(url: str, *, stream: bool = False) -> str:
+    """Why `url` is not rtmp[s]://HOST[:PORT]/APP (with `stream`: .../APP/NAME); "" when it
+    is one."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in SCHEMES or not url.lower().startswith(parts.scheme + "://"):
+        return "not rtmp:// or rtmps://"
+    try:
+        parts.port  # noqa: B018 (it raises for a port that is not one)
+    except ValueError:
+        return "bad port"
+    if not parts.hostname:
+        return "no host"
+    path = parts.path.strip("/")
+    if not path:
+        return "no application (rtmp://HOST/APP)"
+    if stream and "/" not in path:
+        return "no stream name (rtmp://HOST/APP/NAME)"
+    return ""
+
+
 def http_address(text: str) -> tuple[str, int]:
     """The host and port of an `http` value ("127.0.0.1:8080", "[::1]:0"); ValueError says
     why not."""
@@ -869,12 +936,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 default=argparse.SUPPRESS,
                 help=text,
             )
-        elif key.kind == "listen":
+        elif key.kind in ("listen", "app_urls"):
             group.add_argument(
                 key.flag,
                 dest=key.name,
                 action="append",
-                metavar="URL",
+                metavar="URL" if key.kind == "listen" else "APP=URL",
                 default=argparse.SUPPRESS,
                 help=text,
             )
@@ -911,7 +978,7 @@ def values_from_args(args: argparse.Namespace) -> dict[str, Any]:
         raw = getattr(args, key.name)
         if key.kind == "bool":
             values[key.name] = bool(raw)
-        elif key.kind == "listen":
+        elif key.kind in ("listen", "app_urls"):
             try:
                 values[key.name] = key.check(list(raw))
             except ConfigError as err:

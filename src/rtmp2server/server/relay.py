@@ -827,6 +827,9 @@ class Relay:
         # Told of every play start and stop (event name, app, stream, player, details): the
         # server's webhooks.
         self.notify: Callable[..., None] | None = None
+        # Asked when a player wants (app, name) and nothing is published there: True when a
+        # publish is on its way (a pull on demand, `pull.py`), so the player waits for it.
+        self.demand: Callable[[str, str], bool] | None = None
         registry.on_start.append(self._on_start)
         for stream in registry:
             self._on_start(stream)
@@ -869,6 +872,8 @@ class Relay:
         # ones (told nothing, no play_wait) and goes on with them.
         gap = channel is not None and channel.gap
         wait = self.config.play_wait
+        if not live and not gap and self.demand is not None:
+            self.demand(*key)
         if not live and not gap and wait <= 0:
             conn.reject_play(req, f"{req.name} is not published.")
             log.info("play %s/%s: peer=%s refused: not published", *key, session.peer)
@@ -900,13 +905,23 @@ class Relay:
         wait. Its owner calls `remove_player` when it leaves."""
         key = (app, name)
         channel = self.channels.get(key)
+        waiting = False
         if channel is None or (channel.stream is None and not channel.gap):
-            return None
+            # Unless a pull brings it: then the player waits for it as an RTMP one does.
+            wait = self.config.play_wait
+            if self.demand is None or wait <= 0 or not self.demand(app, name):
+                return None
+            waiting = True
+            if channel is None:
+                channel = self.channels[key] = Channel(self, key)
         p = Player(out, 1, name, self.config.player_max_buffer)
+        p.waiting = waiting
         log.info("play start: peer=%s app=%s stream=%s (%s)", p.peer, app, name, type(out).__name__)
         channel.add(p)
         if self.notify is not None:
             self.notify("play_start", app, name, p)
+        if waiting and math.isfinite(wait):
+            p.timer = asyncio.get_running_loop().call_later(wait, self._not_found, p)
         return p
 
     def remove_player(self, p: Player, why: str) -> None:

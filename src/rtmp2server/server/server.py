@@ -32,6 +32,7 @@ from ..protocol.errors import BudgetExceeded, RemoteProtocolError
 from ..protocol.events import Connected, PlayRequest, PublishRequest, StreamClosed
 from ..protocol.messages import Message
 from .access import AccessControl, Decision, Request, access_config
+from .pull import Pulls
 from .recorder import Recorder, RecordingError
 from .registry import Republish, Stream, StreamRegistry
 from .relay import Relay
@@ -719,6 +720,10 @@ class RTMPServer:
             self.relay = Relay(self.registry, self.config.relay)
             self.relay.notify = self._notify_play
             self.play_handler = self.relay.play
+        # Streams pulled from other servers, on demand (asked by the relay) and static.
+        self.pulls = Pulls(self)
+        if self.relay is not None:
+            self.relay.demand = self.pulls.demand
         self._server: asyncio.Server | None = None
         self._sessions: set[Session] = set()
         self._limit = self.config.max_connections
@@ -916,6 +921,7 @@ class RTMPServer:
         self._server = cast(asyncio.Server, listeners)
         for url in listeners.urls():
             log.info("listening on %s", url)
+        self.pulls.start()
 
     async def serve_forever(self) -> None:
         """Serve until cancelled; however it ends, every recording is finished."""
@@ -952,6 +958,7 @@ class RTMPServer:
 
     async def close(self) -> None:
         """Stop listening, close every connection (ending their publishes cleanly)."""
+        await self.pulls.close()
         if self._server is not None:
             self._server.close()
         for session in list(self._sessions):
