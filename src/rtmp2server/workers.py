@@ -16,14 +16,15 @@ owns both sides:
   records (`claim`), and gives it back when the publish ends; it is told who publishes what
   (`owner`) and, for a takeover, to let a publish go (`release`);
 - the links between workers, built from the parts a single server already has, as nginx-rtmp
-  builds `rtmp_auto_push` from its push over unix sockets: each worker also serves RTMP plays
-  on a private unix socket (in a directory only this user can enter), and a worker with a
-  player of a stream that another worker owns pulls it from there with the RTMP client
-  (`client.py`) into its own registry, as an internal publish. Players then join it there
-  with the relay's usual GOP cache and back-pressure. Internal publishes are not recorded,
-  not checked against access rules, send no webhooks and do not count as publishes: the
-  owner recorded it already. A link stops when its last player has left for `PULL_LINGER`
-  seconds, or when the owner's publish ends.
+  builds `rtmp_auto_push` from its push over local sockets: each worker also serves RTMP
+  plays on a link listener of its own on 127.0.0.1 (its port in the workers' private
+  directory; a play there must carry this run's key), and a worker with a player of a stream
+  that another worker owns pulls it from there (`server/pull.py`'s `Pull`, the RTMP client)
+  into its own registry, as an internal publish. Players then join it there with the relay's
+  usual GOP cache and back-pressure. Internal publishes are not recorded, not checked against
+  access rules, send no webhooks and do not count as publishes: the owner recorded it
+  already. A link stops when its last player has left for `PULL_LINGER` seconds, or when the
+  owner's publish ends.
 
 Pull rather than push: a stream costs a second worker only while someone there plays it,
 and the owner is the only worker that records it, so "recorded once" needs nothing more.
@@ -34,25 +35,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
 import sys
 import tempfile
 import time
+import urllib.parse
+import weakref
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
-from .client import URL, Client, ClientError
 from .config import Listener, ServerConfig
 from .logs import get_logger
-from .protocol.enhanced import CapsEx
-from .protocol.events import PlayRequest
+from .protocol.enhanced import CapsEx, ClientCapabilities
+from .protocol.events import Connected, PlayRequest
+from .server.pull import Pull
 from .server.registry import Republish, Stream, StreamKey, StreamRegistry
 from .server.server import Refused, RTMPServer, Session
 
@@ -63,7 +68,13 @@ ENV_INDEX = "RTMP2SERVER_WORKER"
 ENV_FD = "RTMP2SERVER_WORKER_FD"
 """The worker's end of its control socket pair (an inherited file descriptor)."""
 ENV_DIR = "RTMP2SERVER_WORKER_DIR"
-"""The private directory of the workers' unix sockets (mode 0700, made by the supervisor)."""
+"""The workers' private directory (mode 0700, made by the supervisor): each worker writes the
+port of its link listener there."""
+ENV_SECRET = "RTMP2SERVER_WORKER_KEY"
+"""The key of this run that a play on a link listener must carry (`?worker_key=`): the link
+listeners are on 127.0.0.1, and no other local process may play through them past the
+access rules."""
+LINK_KEY = "worker_key"
 ENV_TEST_PORTS = "RTMP2SERVER_WORKER_PORTS"
 """For tests only: "P0,P1,...": worker i also listens on rtmp://127.0.0.1:Pi, so that a
 test chooses which worker a client reaches (SO_REUSEPORT picks one at random)."""
@@ -149,6 +160,7 @@ class Supervisor:
     takeovers: dict[StreamKey, _Takeover] = field(default_factory=dict)
     stopping: bool = False
     failed: int = 0
+    secret: str = field(default_factory=lambda: secrets.token_hex(16))
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -207,7 +219,12 @@ class Supervisor:
         mine, theirs = socket.socketpair()
         env = dict(os.environ)
         env.update(
-            {ENV_INDEX: str(slot.index), ENV_FD: str(theirs.fileno()), ENV_DIR: str(self.runtime)}
+            {
+                ENV_INDEX: str(slot.index),
+                ENV_FD: str(theirs.fileno()),
+                ENV_DIR: str(self.runtime),
+                ENV_SECRET: self.secret,
+            }
         )
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -355,7 +372,8 @@ class WorkerRegistry(StreamRegistry):
 
     def __init__(self, republish: Republish = "takeover") -> None:
         super().__init__(republish)
-        self.internal: set[Stream] = set()
+        # Its internal publishes (weak: a pull that lost a race never registers its stream).
+        self.internal: weakref.WeakSet[Stream] = weakref.WeakSet()
         self.on_release: Callable[[Stream], None] | None = None
 
     def refuses(self, stream: Stream) -> bool:
@@ -378,116 +396,79 @@ class WorkerRegistry(StreamRegistry):
             self.on_release(stream)
 
 
-class _LinkClient(Client):
-    """The RTMP client over a worker's private unix socket."""
-
-    def __init__(self, path: Path, app: str, timeout: float) -> None:
-        # Announced as an Enhanced RTMP multitrack player: the owner relays every track and
-        # codec unchanged, for this worker's players to get what they would from the owner.
-        extra = {"fourCcList": ["*"], "capsEx": float(CapsEx.MULTITRACK)}
-        super().__init__("rtmp://worker/link", timeout=timeout, connect_extra=extra)
-        self.url = URL("rtmp", "worker", 0, app, f"rtmp://worker/{app}")
-        self.path = path
-
-    async def open(self) -> None:
-        try:
-            self._reader, self._writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(str(self.path)), self.timeout
-            )
-        except (OSError, TimeoutError) as err:
-            raise ClientError(f"{self.path}: cannot connect: {err!r}") from err
-        self._task = asyncio.create_task(self._read_loop())
-        u = self.url
-        self.connect_result = await self._call(
-            "connect", self.conn.connect(u.app, u.tc_url, **self._connect_extra)
-        )
-
-
 class _Link:
-    """This worker playing one stream from the worker that owns it, into its registry."""
+    """This worker playing one stream from the worker that owns it, into its registry: a
+    `Pull` (`server/pull.py`) from the owner's link listener, watched here for when to end.
 
-    def __init__(self, worker: Worker, key: StreamKey, owner: int) -> None:
+    It ends when this worker's own players have all been gone for `PULL_LINGER` seconds
+    (links of other workers playing from this one do not count), or, once the owner's publish
+    has ended, when `PULL_TAIL` seconds passed with nothing new: what the owner sent before
+    its end is all read first."""
+
+    def __init__(self, worker: Worker, key: StreamKey, owner: int, url: str) -> None:
         self.worker = worker
         self.key = key
         self.owner = owner
-        self.stream: Stream | None = None
-        self.gone = False  # the owner's publish ended: stop once what it sent is read
-        self.up = asyncio.Event()  # set once its stream is in the registry
-        self.last = time.monotonic()
-        self.task = asyncio.create_task(self._run())
-        self.watch = asyncio.create_task(self._watch())
+        self.gone = False  # the owner's publish ended
+        app, name = key
+        self.pull = Pull(
+            worker.registry,
+            app,
+            name,
+            url,
+            f"{name}?{LINK_KEY}={worker.secret}",
+            publish_handler=self._internal,
+            idle=PULL_LINGER,
+            timeout=worker.server.config.handshake_timeout or 10.0,
+            on_done=self._done,
+        )
+        self.pull.start()
+        self.watch = asyncio.ensure_future(self._watch())
+        log.info("link %s/%s from worker %d: start", app, name, owner)
+
+    @property
+    def stream(self) -> Stream | None:
+        return self.pull.stream
 
     def stop(self) -> None:
-        self.task.cancel()
+        self.pull.stop()
+
+    def _internal(self, stream: Stream) -> bool:
+        """The pull's publish handler: an internal publish, not recorded, no claim."""
+        self.worker.registry.internal.add(stream)
+        return True
+
+    def _done(self, pull: Pull) -> None:
+        self.watch.cancel()
+        if self.worker.links.get(self.key) is self:
+            del self.worker.links[self.key]
+        log.info("link %s/%s from worker %d: stop", *self.key, self.owner)
 
     async def wait_then(self, play: Callable[[], None], session: Session, req: PlayRequest) -> None:
-        """`play()` once this link is up (or has failed, or a connect timeout passed)."""
-        up = asyncio.ensure_future(self.up.wait())
-        try:
-            await asyncio.wait(
-                [up, self.task],
-                timeout=self.worker.server.config.handshake_timeout or 10.0,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            up.cancel()
+        """`play()` once this link's stream is here (or the link ended, or a connect
+        timeout passed)."""
+        deadline = time.monotonic() + (self.worker.server.config.handshake_timeout or 10.0)
+        while self.stream is None and self.pull.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
         if not session.closed and session.conn.is_pending(req):
             play()
             session.flush()
 
-    async def _run(self) -> None:
-        w = self.worker
-        app, name = self.key
-        path = w.socket_path(self.owner)
-        why = "ended by the owner"
-        try:
-            async with _LinkClient(path, app, w.server.config.handshake_timeout or 10.0) as client:
-                async for msg in client.play(name):
-                    self.last = time.monotonic()
-                    stream = self.stream
-                    if stream is None:
-                        stream = self.stream = self._register()
-                        if stream is None:
-                            why = "published on this worker meanwhile"
-                            break
-                    stream.deliver(msg)
-        except ClientError as err:
-            why = str(err)
-        except asyncio.CancelledError:
-            why = "stopped"
-        finally:
-            self.watch.cancel()
-            if w.links.get(self.key) is self:
-                del w.links[self.key]
-            stream, self.stream = self.stream, None
-            if stream is not None and not stream.ended:
-                w.registry.release(stream)
-            log.info("link %s/%s from worker %d: stop (%s)", app, name, self.owner, why)
-
-    def _register(self) -> Stream | None:
-        """The internal publish, in the registry; None if a client of this worker publishes
-        the name now (a link never takes a name from a publisher)."""
-        w = self.worker
-        local = w.registry.get(*self.key)
-        if local is not None and local not in w.registry.internal:
-            return None
-        stream = Stream(app=self.key[0], name=self.key[1], peer=f"worker {self.owner}")
-        stream.close = lambda reason: self.stop()
-        w.registry.internal.add(stream)
-        w.registry.claim(stream)
-        w.registry.started(stream)
-        log.info("link %s/%s from worker %d: start", *self.key, self.owner)
-        self.up.set()
-        return stream
-
     async def _watch(self) -> None:
         idle = 0.0
         step = 0.25
+        seen = -1
+        quiet = 0.0
         while True:
             await asyncio.sleep(step)
-            if self.gone and time.monotonic() - self.last >= PULL_TAIL:
-                self.stop()
-                return
+            if self.gone:
+                stream = self.stream
+                now = -1 if stream is None else stream.bytes
+                quiet = quiet + step if now == seen else 0.0
+                seen = now
+                if stream is None or quiet >= PULL_TAIL:
+                    self.stop()
+                    return
             idle = 0.0 if self.worker.has_players(self.key) else idle + step
             if idle >= PULL_LINGER:
                 self.stop()
@@ -515,7 +496,8 @@ class Worker:
         self.owners: dict[StreamKey, int] = {}
         self.claimed: dict[StreamKey, Stream] = {}  # names the supervisor gave this worker
         self.links: dict[StreamKey, _Link] = {}
-        self.link_server: RTMPServer | None = None  # the private listener's (run_worker)
+        self.link_server: RTMPServer | None = None  # the link listener's (run_worker)
+        self.secret = os.environ.get(ENV_SECRET, "")
         self._asked: dict[int, tuple[StreamKey, asyncio.Future[dict[str, Any]]]] = {}
         self._ids = 0
         self._tasks: set[asyncio.Future[None]] = set()
@@ -536,6 +518,7 @@ class Worker:
                 relay_play(session, req)
 
             server.play_handler = play
+            server.relay.demand = self.demand
             notify = server.relay.notify
 
             def notify_clients(event: str, app: str, name: str, player: Any, **extra: Any) -> None:
@@ -546,8 +529,16 @@ class Worker:
 
             server.relay.notify = notify_clients
 
-    def socket_path(self, index: int) -> Path:
-        return self.runtime / f"worker-{index}.sock"
+    def port_path(self, index: int) -> Path:
+        """Where worker `index` writes the port of its link listener."""
+        return self.runtime / f"worker-{index}.port"
+
+    def link_url(self, index: int, app: str) -> str | None:
+        try:
+            port = int(self.port_path(index).read_text())
+        except (OSError, ValueError):
+            return None  # not listening (yet, or any more)
+        return f"rtmp://127.0.0.1:{port}/{app}"
 
     # --- names ---------------------------------------------------------------------------
 
@@ -639,8 +630,30 @@ class Worker:
         local = self.registry.get(*key)
         if local is not None and local not in self.registry.internal:
             return None
-        link = self.links[key] = _Link(self, key, owner)
+        url = self.link_url(owner, key[0])
+        if url is None:
+            return None
+        link = self.links[key] = _Link(self, key, owner, url)
         return link
+
+    def demand(self, app: str, name: str) -> bool:
+        """The relay's demand hook: a link if another worker has the stream, else the
+        server's own pulls (`--pull APP=URL`, claimed like a publish)."""
+        if self.want((app, name)) is not None:
+            return True
+        return self.server.pulls.demand(app, name)
+
+    def _link_play(self, session: Session, req: PlayRequest) -> None:
+        """The link listener's play handler: plays for sibling workers only (the key of this
+        run in the query), of every track (whatever the client announced)."""
+        relay = self.server.relay
+        given = urllib.parse.parse_qs(req.query).get(LINK_KEY, [""])[0]
+        if relay is None or not self.secret or not hmac.compare_digest(given, self.secret):
+            log.warning("peer %s: play on the link listener without the workers' key", session.peer)
+            session.conn.reject_play(req, "Not a worker.", code="NetStream.Play.Failed")
+            session.close("refused")
+            return
+        relay.play(session, req)
 
     def _no_wait(self) -> bool:
         relay = self.server.relay
@@ -658,8 +671,11 @@ class Worker:
             self.owners[key] = owner
         link = self.links.get(key)
         if link is not None and link.owner != owner:
-            link.gone = True  # it ends once the last bytes the owner sent are read
             del self.links[key]
+            if owner is None:
+                link.gone = True  # it ends once the last bytes the owner sent are read
+            else:
+                link.stop()  # taken over elsewhere: the new owner's link replaces it
         if owner is not None and owner != self.index and self.has_players(key):
             self.want(key)
 
@@ -708,6 +724,14 @@ class Worker:
         for _key, fut in self._asked.values():
             if not fut.done():
                 fut.set_result({"granted": False, "owner": None})
+
+
+class _LinkSession(Session):
+    """A connection to the link listener: named as a link in the log lines of its plays."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.peer = f"worker-link {self.peer}"
 
 
 def worker_config(config: ServerConfig, index: int) -> ServerConfig:
@@ -759,14 +783,21 @@ async def run_worker(config: ServerConfig, args: argparse.Namespace | None, inde
         _link_config(cfg),
         registry=registry,
         publish_handler=lambda stream: False,
-        play_handler=server.play_handler,
+        play_handler=worker._link_play,
     )
-
     worker.link_server = link_server
+    every_track = ClientCapabilities(("*",), (), (), int(CapsEx.MULTITRACK), True)
 
     def link_session() -> Session:
-        session = Session(link_server)
-        session.peer = "worker-link"
+        session = _LinkSession(link_server)
+
+        def on_event(session: Session, event: Any) -> None:
+            # The link feeds players of every kind on its worker: it gets every track, as
+            # an Enhanced RTMP multitrack player does (the pull's client announces none).
+            if type(event) is Connected:
+                session.conn.capabilities = every_track
+
+        session.on_event.append(on_event)
         return session
 
     stop = asyncio.Event()
@@ -783,12 +814,13 @@ async def run_worker(config: ServerConfig, args: argparse.Namespace | None, inde
         loop.add_signal_handler(signal.SIGHUP, reload, server, args)
     else:
         loop.add_signal_handler(signal.SIGHUP, log.info, "SIGHUP: no --config file to reload")
-    path = worker.socket_path(index)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()  # left by this worker's previous life
     try:
         await server.start()
-        links = await loop.create_unix_server(link_session, str(path))
+        links = await loop.create_server(link_session, "127.0.0.1", 0)
+        port_file = worker.port_path(index)
+        tmp = port_file.with_suffix(".tmp")
+        tmp.write_text(str(links.sockets[0].getsockname()[1]))
+        tmp.replace(port_file)
     except OSError as err:
         print(f"rtmp2-server: worker {index}: cannot listen: {err}", file=sys.stderr)
         await server.close()
