@@ -489,3 +489,35 @@ def test_when_the_owner_worker_dies_its_names_are_free_and_remote_players_end_cl
     found = workers.recordings("orphan")
     assert len(found) == 2, found  # worker 0's, cut short by its death, and worker 1's
     assert av_counts(max(found, key=lambda p: p.stat().st_mtime_ns)) == av_counts(src)
+
+
+def test_http_flv_on_worker_0_plays_a_stream_of_worker_1(
+    media_dir: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    http = free_port()
+    server = Workers(
+        tmp_path, ["--workers", "2", "--republish-grace", "1", "--http", f"127.0.0.1:{http}"]
+    )
+    server.start()
+    request.node._rtmp_server = server
+    try:
+        src = make_source(media_dir, "h264-aac-gop1s")
+        publisher = publish(server, src, "web", worker=1)
+        time.sleep(1.5)
+        out = tmp_path / "web.flv"
+        url = f"http://127.0.0.1:{http}/live/web.flv"
+        args = f"-hide_banner -nostdin -loglevel error -y -i {url} -map 0 -c copy -f flv {out}"
+        player = subprocess.Popen(
+            [FFMPEG9, *args.split()],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        assert publisher.wait(30).returncode == 0
+        output, _ = player.communicate(timeout=30)
+        assert player.returncode == 0, output
+        server.wait_publish("stop", "web")
+        assert_suffix_from_keyframe(out, server.recording("web"))
+        assert server.worker_lines(0, "link live/web from worker 1: start")
+    finally:
+        assert server.stop(20) == 0, server.log()
