@@ -545,7 +545,14 @@ class Worker:
     async def publish(self, stream: Stream) -> bool:
         """The publish handler: the name from the supervisor first, then the server's own
         policy (it records)."""
-        await self.claim(stream)
+        try:
+            await self.claim(stream)
+        except Refused:
+            if stream.source:
+                # A pull (pull.py) whose name another worker has: a plain no, and it tries
+                # again later (it takes over when that worker dies).
+                return False
+            raise
         return self.server.record_publish(stream)
 
     async def claim(self, stream: Stream) -> bool:
