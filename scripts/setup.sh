@@ -21,6 +21,8 @@ if [[ ",$extras," == *",test,"* ]]; then
     # The tests' second, independent RTMP server (tests/test_client.py): nginx with
     # nginx-rtmp. Its service is not started (see policy-rc.d below).
     apt_packages+=(nginx-light libnginx-mod-rtmp)
+    # node and npm for node-media-server (tests/test_push.py); a NodeSource nodejs has npm.
+    command -v npm >/dev/null || apt_packages+=(nodejs npm)
 fi
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -43,6 +45,19 @@ if ((${#missing[@]})); then
     if ((own_policy)); then trap '"${sudo_cmd[@]}" rm -f "$policy"' EXIT; fi
     DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}"
     if ((own_policy)); then "${sudo_cmd[@]}" rm -f "$policy"; trap - EXIT; fi
+fi
+
+# node-media-server 4, a push target of tests/test_push.py, pinned in
+# tests/support/nms-package.json, into tests/.cache/nms (git-ignored).
+if [[ ",$extras," == *",test,"* ]]; then
+    nms="tests/.cache/nms"
+    if [ ! -f "$nms/.stamp" ] || [ tests/support/nms-package.json -nt "$nms/.stamp" ]; then
+        echo "setup: installing node-media-server into $nms"
+        mkdir -p "$nms"
+        cp tests/support/nms-package.json "$nms/package.json"
+        (cd "$nms" && npm install --no-audit --no-fund --loglevel=error)
+        touch "$nms/.stamp"
+    fi
 fi
 
 stamp=".venv/.setup-stamp${extras:+-$extras}"

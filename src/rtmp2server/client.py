@@ -186,6 +186,11 @@ class Client:
     ) -> None:
         await self.close()
 
+    @property
+    def failure(self) -> ClientError | None:
+        """Why the connection ended: refused, broken, closed by the server; None while open."""
+        return self._failure
+
     # --- publish -------------------------------------------------------------------------
 
     async def publish(self, name: str, kind: str = "live") -> None:
@@ -213,6 +218,24 @@ class Client:
         self._check()
         self.conn.send_metadata(self.stream_id, metadata)
         await self._flush()
+
+    def send_raw(self, data: bytes) -> None:
+        """Write chunks framed elsewhere (a relay's fan-out, `server/push.py`) at once, without
+        waiting for the socket: the caller bounds what it writes with `buffered()`. Each
+        message must start with a type-0 header (at `conn.out_chunk_size`, for `stream_id`),
+        and a connection that sends raw chunks does not also use `send_media` or
+        `send_metadata` (their chunk streams would share header state)."""
+        self._check()
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            raise ClientError(f"{self.url.host}:{self.url.port}: not connected")
+        pending = self.conn.data_to_send()  # acknowledgements first, in order
+        writer.write(pending + data if pending else data)
+
+    def buffered(self) -> int:
+        """Bytes written but not yet taken by the socket."""
+        writer = self._writer
+        return 0 if writer is None else writer.transport.get_write_buffer_size()
 
     # --- play ----------------------------------------------------------------------------
 

@@ -218,6 +218,7 @@ class Player:
         "joined",
         "last",
         "limit",
+        "max_buffer",
         "multitrack",
         "name",
         "need_key",
@@ -257,6 +258,8 @@ class Player:
         self.floor = 0  # the out timestamp the current publish starts at
         self.last = [0, 0, 0]  # last out timestamp per kind (index: type id & 3)
         self.limit = limit
+        # Its own bound instead of `RelayConfig.player_max_buffer` (a push target's).
+        self.max_buffer: int | None = None
         self.dirty = False
         self.headers_sent: dict[tuple[int, int, int], Message] = {}
         self.timer: asyncio.TimerHandle | None = None
@@ -599,7 +602,7 @@ class Channel:
                 len(self.gop),
                 self.gop_bytes,
             )
-            p.limit = self.relay.config.player_max_buffer + self.gop_bytes
+            p.limit = (p.max_buffer or self.relay.config.player_max_buffer) + self.gop_bytes
         else:
             self._send_headers(p, _unique(self.headers.values()), p.floor)
             # No video yet (a player waiting when the publish starts): audio and configuration
@@ -659,7 +662,7 @@ class Channel:
                 p.dropped,
             )
             p.skipping = False
-            p.limit = self.relay.config.player_max_buffer
+            p.limit = p.max_buffer or self.relay.config.player_max_buffer
         p.need_key = p.video_key = False
         p.regate()
         stale = [e for k, e in self.headers.items() if p.headers_sent.get(k) is not e.msg]
@@ -770,7 +773,7 @@ class Channel:
             if p.skipping:
                 continue
             size = out.buffered()
-            base = self.relay.config.player_max_buffer
+            base = p.max_buffer or self.relay.config.player_max_buffer
             if p.limit > base and size <= base:
                 p.limit = base  # the join burst has drained
             if size > p.limit:

@@ -33,6 +33,7 @@ from ..protocol.events import Connected, PlayRequest, PublishRequest, StreamClos
 from ..protocol.messages import Message
 from .access import AccessControl, Decision, Request, access_config
 from .pull import Pulls
+from .push import PushManager
 from .recorder import Recorder, RecordingError
 from .registry import Republish, Stream, StreamRegistry
 from .relay import Relay
@@ -455,6 +456,7 @@ class Session(asyncio.BufferedProtocol):
         if not decision.allowed:
             raise Refused(f"Publishing {self.conn.app} is not allowed.", decision.reason)
         stream.name = decision.name
+        stream.push = list(decision.push)
         if not self._name_ok(stream.name):
             raise Refused("The stream name is too long.", "public name too long")
         if decision.record is False:
@@ -724,6 +726,8 @@ class RTMPServer:
         self.pulls = Pulls(self)
         if self.relay is not None:
             self.relay.demand = self.pulls.demand
+        # Push (restream): each publish forwarded to the targets of its app or its decision.
+        self.pushes = PushManager(self.registry, self.relay, self.config)
         self._server: asyncio.Server | None = None
         self._sessions: set[Session] = set()
         self._limit = self.config.max_connections
@@ -759,6 +763,7 @@ class RTMPServer:
         if self.relay is not None and new.relay is not None:
             self.relay.config = new.relay
         self.access.config = access_config(new)
+        self.pushes.config = new
         self.webhooks.config = WebhookConfig(url=new.webhook or None, secret=new.webhook_secret)
 
     def _notify_play(self, event: str, app: str, name: str, player: Any, **extra: Any) -> None:
@@ -966,6 +971,7 @@ class RTMPServer:
             # At once, not when the transport gets to it: the recordings are finished even if
             # this coroutine is cancelled at its next await (Ctrl-C under asyncio.run).
             session.connection_lost(None)
+        await self.pushes.close()
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
