@@ -120,6 +120,7 @@ class Client:
         # reading of the socket (TCP back-pressure) rather than growing memory.
         self._media: asyncio.Queue[Message | None] = asyncio.Queue(max_queued)
         self._failure: ClientError | None = None
+        self._play_error: StatusError | None = None  # an error status that ended a play
         self.stream_id = 0
         self._publishing = ""
         self.closed = asyncio.Event()
@@ -242,7 +243,8 @@ class Client:
     async def play(self, name: str, start: float = -2.0) -> AsyncIterator[Message]:
         """Play `name`: yields its audio, video and data `Message`s once NetStream.Play.Start
         came, until the server closes the connection or ends the play (Play.Stop or
-        Play.Complete). A status of level error raises `StatusError`."""
+        Play.Complete). A status of level error, before or after Play.Start, raises
+        `StatusError`."""
         await self._create_stream()
         self.conn.play(self.stream_id, name, start)
         await self._flush()
@@ -254,6 +256,8 @@ class Client:
             else:
                 item = await self._media.get()
             if item is None:
+                if self._play_error is not None:
+                    raise self._play_error
                 if self._failure is not None and not isinstance(self._failure, _Ended):
                     raise self._failure
                 return
@@ -365,8 +369,18 @@ class Client:
                 self._status.put_nowait(item)
                 if self.on_status is not None:
                     self.on_status(item)
-                code = item.info.get("code")
+                info = item.info
+                code = info.get("code")
                 if code in ("NetStream.Play.Stop", "NetStream.Play.Complete"):
+                    await self._media.put(None)
+                elif (
+                    info.get("level") == "error" and self.started.is_set() and not self._publishing
+                ):
+                    # After Play.Start: a server that waited for a publisher gives up
+                    # (NetStream.Play.StreamNotFound, as ours and SRS do): the play ends.
+                    self._play_error = StatusError(
+                        "play", str(code), str(info.get("description", ""))
+                    )
                     await self._media.put(None)
         elif (
             item.type_id in (AUDIO, VIDEO, DATA_AMF0, DATA_AMF3)

@@ -49,7 +49,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-from ..client import Client, ClientError, StatusError, connect
+from ..client import ClientError, StatusError, connect
 from ..logs import get_logger, redact_query
 from ..protocol.client import ClientCommand
 from ..protocol.messages import AUDIO, DATA_AMF0, VIDEO
@@ -149,7 +149,6 @@ class Pull:
         self._idle_since: float | None = None
         self._stopping = False
         self._closed_why = ""  # the local stream was taken over or ended from outside
-        self._status_error = ""  # an error status from the origin, ending the session
 
     @property
     def key(self) -> StreamKey:
@@ -272,7 +271,7 @@ class Pull:
     async def _attempt(self) -> tuple[bool, str]:
         """One connection to the origin: (whether the origin sent a stream, the failure)."""
         self.attempts += 1
-        self._closed_why = self._status_error = ""
+        self._closed_why = ""
         published = self.publishes
         session = self._session = asyncio.ensure_future(self._play())
         try:
@@ -284,7 +283,7 @@ class Pull:
             try:
                 session.result()
             except asyncio.CancelledError:
-                error = self._status_error
+                pass
             except StatusError as err:
                 error = f"the origin answered {err.code}" + (
                     f" ({err.description})" if err.description else ""
@@ -304,7 +303,7 @@ class Pull:
 
     async def _play(self) -> None:
         async with connect(self.url, ssl=self.ssl, timeout=self.timeout) as client:
-            client.on_status = lambda status: self._on_status(client, status)
+            client.on_status = self._on_status
             async for msg in client.play(self.remote_name):
                 t = msg.type_id
                 if t == DATA_AMF0:
@@ -319,17 +318,12 @@ class Pull:
                         return
                 stream.deliver(msg)
 
-    def _on_status(self, client: Client, status: ClientCommand) -> None:
-        info = status.info
-        code = str(info.get("code", ""))
+    def _on_status(self, status: ClientCommand) -> None:
+        # The origin's publish ended; the play goes on (a publisher may come back there),
+        # and an error status ends it (`Client.play` raises `StatusError`).
+        code = str(status.info.get("code", ""))
         if code in _ORIGIN_ENDED:
             self._release(f"origin: {code}")
-        elif info.get("level") == "error" and self._session is not None:
-            description = str(info.get("description", ""))
-            self._status_error = f"the origin answered {code}" + (
-                f" ({description})" if description else ""
-            )
-            self._session.cancel()
 
     # --- the local stream ------------------------------------------------------------------
 
