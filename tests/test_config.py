@@ -176,6 +176,7 @@ def _wrong_type(key: Key) -> Any:
     wrong = {"int": "12", "float": "x", "bool": 1, "str": 5, "path": 5, "listen": "rtmp://a:1"}
     wrong["app_urls"] = "live=rtmp://a/live"  # one string, not a list
     wrong["workers"] = "two"  # a number or "auto"
+    wrong["push_map"] = 5
     return wrong[key.kind]
 
 
@@ -189,6 +190,8 @@ def _out_of_range(key: Key) -> list[Any]:
         return [-1, 257, 1.5]
     if key.kind == "app_urls":
         return [["rtmp://a/live"], ["live=http://a/live"], ["live=rtmp://a"], [3]]
+    if key.kind == "push_map":
+        return [["live"], ["live=http://a/b"], ["live=rtmp://a/b x=1"], {"live": ["rtmp://a"]}]
     if key.kind in ("str", "path"):
         return [] if key.empty else [""]
     out: list[Any] = []
