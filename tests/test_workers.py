@@ -43,7 +43,7 @@ from rtmp2server.workers import (
 )
 from support.clients import Publisher, start_looping_publisher
 from support.probe import av_counts, probe_errors
-from support.server import ServerProcess, free_port, server_command
+from support.server import ServerProcess, free_port, running_server, server_command
 from test_e2e_play import (
     FFMPEG9,
     Player,
@@ -521,3 +521,30 @@ def test_http_flv_on_worker_0_plays_a_stream_of_worker_1(
         assert server.worker_lines(0, "link live/web from worker 1: start")
     finally:
         assert server.stop(20) == 0, server.log()
+
+
+def test_a_stream_is_pushed_once_whichever_workers_play_it(
+    media_dir: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    with running_server(tmp_path / "target-rec", tmp_path / "target.log") as target:
+        push = f"live=rtmp://127.0.0.1:{target.port}/target"
+        server = Workers(tmp_path, ["--workers", "2", "--republish-grace", "1", "--push", push])
+        server.start()
+        request.node._rtmp_server = server
+        try:
+            src = make_source(media_dir, "h264-aac-gop1s")
+            publisher = publish(server, src, "pushed", worker=0)
+            time.sleep(1.5)
+            # A player on worker 1 links the stream there: worker 1 must not push it too.
+            player = Player("rtmpdump", server.url("pushed", worker=1), tmp_path / "p.flv")
+            assert publisher.wait(30).returncode == 0
+            player.wait()
+            server.wait_publish("stop", "pushed")
+            assert_suffix_from_keyframe(player.out, server.recording("pushed"))
+        finally:
+            assert server.stop(20) == 0, server.log()
+        assert server.worker_lines(0, "push live/pushed ->")
+        assert not server.worker_lines(1, "push live/pushed ->"), server.log()
+        target.wait_publish("stop", "pushed")
+        assert len(target.log_lines("publish start")) == 1, target.log()
+        assert probe_errors(target.recording("pushed", app="target")) == ""

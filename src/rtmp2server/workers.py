@@ -375,6 +375,9 @@ class WorkerRegistry(StreamRegistry):
         # Its internal publishes (weak: a pull that lost a race never registers its stream).
         self.internal: weakref.WeakSet[Stream] = weakref.WeakSet()
         self.on_release: Callable[[Stream], None] | None = None
+        # Observers of `on_start` that are told only of this worker's own publishes: the
+        # pushes (the owner pushes a stream; a link of it elsewhere must not push it again).
+        self.own_only: list[Callable[[Stream], None]] = []
 
     def refuses(self, stream: Stream) -> bool:
         if self.get(*stream.key) in self.internal:
@@ -388,6 +391,15 @@ class WorkerRegistry(StreamRegistry):
             if self.get(*stream.key) is old:
                 self.release(old)
         return super().claim(stream)
+
+    def started(self, stream: Stream) -> None:
+        observers = self.on_start
+        if stream in self.internal:
+            self.on_start = [o for o in observers if o not in self.own_only]
+        try:
+            super().started(stream)
+        finally:
+            self.on_start = observers
 
     def release(self, stream: Stream) -> None:
         super().release(stream)
@@ -784,14 +796,21 @@ async def run_worker(config: ServerConfig, args: argparse.Namespace | None, inde
     registry = WorkerRegistry(cast(Republish, cfg.republish))
     server = RTMPServer(cfg, registry=registry)
     server.reuse_port = True
+    pushes = getattr(server, "pushes", None)  # push.py's PushManager, an on_start observer
+    if pushes is not None:
+        registry.own_only.append(pushes._on_start)
     worker = Worker(index, runtime, server, registry, reader, writer)
     # Plays from sibling workers: the same registry and relay, none of the public rules.
+    observers = (list(registry.on_start), list(registry.on_stop))
     link_server = RTMPServer(
         _link_config(cfg),
         registry=registry,
         publish_handler=lambda stream: False,
         play_handler=worker._link_play,
     )
+    # It only plays: what its construction attached to the shared registry (a second set of
+    # pushes, say) would act on every stream a second time.
+    registry.on_start[:], registry.on_stop[:] = observers
     worker.link_server = link_server
     every_track = ClientCapabilities(("*",), (), (), int(CapsEx.MULTITRACK), True)
 
