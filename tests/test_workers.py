@@ -548,3 +548,22 @@ def test_a_stream_is_pushed_once_whichever_workers_play_it(
         target.wait_publish("stop", "pushed")
         assert len(target.log_lines("publish start")) == 1, target.log()
         assert probe_errors(target.recording("pushed", app="target")) == ""
+
+
+def test_sighup_makes_every_worker_read_the_file_again(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    conf = tmp_path / "server.toml"
+    conf.write_text('[server]\nworkers = 2\n\n[log]\nlog_level = "info"\n')
+    server = Workers(tmp_path, ["--config", str(conf), "--republish-grace", "1"])
+    server.start()
+    request.node._rtmp_server = server
+    try:
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGHUP)
+        server.wait_for_log(r"\[worker \d\]: reload: configuration read again", count=WORKERS)
+        for worker in range(WORKERS):
+            assert server.worker_lines(worker, "reload: configuration read again")
+        assert not server.log_lines("restarting"), server.log()
+    finally:
+        assert server.stop(20) == 0, server.log()
