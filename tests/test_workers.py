@@ -567,3 +567,39 @@ def test_sighup_makes_every_worker_read_the_file_again(
         assert not server.log_lines("restarting"), server.log()
     finally:
         assert server.stop(20) == 0, server.log()
+
+
+def test_a_static_pull_is_recorded_once_by_one_worker(
+    media_dir: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    src = make_source(media_dir, "h264-aac-gop1s")
+    with running_server(tmp_path / "origin-rec", tmp_path / "origin.log") as origin:
+        feed = start_looping_publisher(src, origin.url("feed"))
+        try:
+            origin.wait_publish("start", "feed")
+            conf = tmp_path / "server.toml"
+            conf.write_text(f'[apps.live]\npull_static = ["{origin.url("feed")}"]\n')
+            server = Workers(tmp_path, ["--workers", "2", "--config", str(conf)])
+            server.start()
+            request.node._rtmp_server = server
+            try:
+                server.wait_for_log(r"pull start: app=live stream=feed")
+                time.sleep(3.0)  # both workers have tried by now
+                out = tmp_path / "p.flv"
+                url = server.url("feed", worker=1)
+                args = f"-hide_banner -nostdin -loglevel error -y -i {url} -t 2 -c copy -f flv"
+                subprocess.run([FFMPEG9, *args.split(), str(out)], check=True, timeout=30)
+                assert av_counts(out)["video"] >= 30
+            finally:
+                assert server.stop(20) == 0, server.log()
+        finally:
+            feed.kill()
+    starts = [
+        line
+        for line in server.log_lines("pull start: app=live stream=feed")
+        if "worker_key" not in line  # a link is a pull too
+    ]
+    assert len(starts) == 1, server.log()  # one worker has it, the other is refused
+    assert server.log_lines("pull live/feed from", "the publish handler refused"), server.log()
+    assert not server.log_lines("takes over"), server.log()
+    assert len(server.recordings("feed")) == 1

@@ -574,7 +574,9 @@ class Worker:
         request = self._ids
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._asked[request] = (stream.key, fut)
-        takeover = self.server.config.republish == "takeover"
+        # A pull (pull.py) never takes a name over, here as in one process: two workers
+        # running the same static pull would otherwise take it from each other for ever.
+        takeover = self.server.config.republish == "takeover" and not stream.source
         _send(
             self.writer,
             {
