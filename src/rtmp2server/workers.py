@@ -236,6 +236,11 @@ class Supervisor:
                 stdin=asyncio.subprocess.DEVNULL,
                 pass_fds=(theirs.fileno(),),
             )
+        except OSError as err:  # out of processes or memory: a death like any other
+            log.error("worker %d: cannot start: %s", slot.index, err)
+            mine.close()
+            slot.started = time.monotonic()
+            return None
         finally:
             theirs.close()
         slot.proc, slot.started, slot.ready = proc, time.monotonic(), False
