@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 MiB: Final = 1024 * 1024
 
@@ -282,6 +283,13 @@ class AppConfig:
     on_publish: str = _key("apps", "", kind="str", empty=True)
     on_play: str = _key("apps", "", kind="str", empty=True)
     """Callback URLs of this application; empty: the global ones."""
+    pull: str = _key("apps", "", kind="url", empty=True)
+    """rtmp[s]://HOST[:PORT]/APP of an origin: a play of NAME here that is not published
+    here pulls URL/NAME from it, for as long as it has players (see `pull_idle`); empty: no
+    pull."""
+    pull_static: list[str] = field(default_factory=list, metadata=_meta("apps", "url_list"))
+    """Streams pulled from an origin at all times, each rtmp[s]://HOST[:PORT]/APP/NAME,
+    published here as NAME (reconnecting with backoff, see `pull_retry_max`)."""
     push: list[PushTarget] = field(default_factory=list, metadata=_meta("apps", "push_list"))
     """Push (restream) every stream published here to these targets, as URL/NAME (see
     `PushTarget`), in addition to the `push` of [push]."""
@@ -337,6 +345,10 @@ class ServerConfig:
     """PEM certificate (chain) of the rtmps listeners."""
     tls_key: Path | None = field(default=None, metadata=_meta("server", "path"))
     """PEM private key of the rtmps listeners (unencrypted)."""
+    workers: int = _key("server", 1, kind="workers", lo=0, hi=256)
+    """Processes that accept on the same listeners (SO_REUSEPORT), each on its own core: a
+    number, or auto (0): one per CPU. Streams published to one are played from any other;
+    see README "Workers"."""
     # [limits]
     chunk_size: int = _key("limits", 4096, kind="int", lo=128, hi=16_777_215)
     """The chunk size we send with, in bytes (announced at connect): from 128, the initial
@@ -387,6 +399,17 @@ class ServerConfig:
     republish: str = _key("publish", "takeover", kind="str", choices=("takeover", "refuse"))
     """A publish of a name already being published: takeover (the new publisher replaces
     the old one) or refuse (the new one gets NetStream.Publish.BadName)."""
+    # [pull]
+    pull: list[str] = field(default_factory=list, metadata=_meta("pull", "app_urls"))
+    """APP=URL (repeatable): a play of APP/NAME that is not published here pulls URL/NAME
+    (URL: rtmp[s]://HOST[:PORT]/APP of an origin) while it has players; as `pull` in
+    [apps.APP]."""
+    pull_idle: float = _key("pull", 5.0, kind="float", lo=0)
+    """Seconds a pull on demand goes on after its last player left (a player that comes
+    back within them costs the origin no new connection)."""
+    pull_retry_max: float = _key("pull", 30.0, kind="float", lo=0.1)
+    """Longest wait between two attempts of a pull (the wait doubles from 0.5 s after each
+    failure)."""
     # [push]
     push: dict[str, list[PushTarget]] = field(
         default_factory=dict, metadata=_meta("push", "push_map")
@@ -473,6 +496,7 @@ SECTIONS: Final = (
     "timeouts",
     "record",
     "publish",
+    "pull",
     "play",
     "push",
     "access",
@@ -499,6 +523,10 @@ _KIND_NAMES: Final = {
     "str_list": "a list of strings",
     "cidr_list": "a list of addresses or CIDR networks",
     "key_map": "a table of stream name = key",
+    "workers": "auto, or a number of processes",
+    "url": "an rtmp[s]://HOST[:PORT]/APP URL",
+    "url_list": "a list of rtmp[s]://HOST[:PORT]/APP/NAME URLs",
+    "app_urls": "a list of APP=rtmp[s]://HOST[:PORT]/APP",
     "push_list": "a list of push targets (rtmp[s]://HOST/APP [name=KEY] [tracks=all])",
     "push_map": "APP=URL items, or a table of APP = [URL, ...] (push targets)",
 }
@@ -571,7 +599,7 @@ class Key:
         if self.choices:
             return "one of " + ", ".join(self.choices)
         text = _KIND_NAMES[self.kind]
-        if self.kind in ("int", "float"):
+        if self.kind in ("int", "float", "workers"):
             if self.lo is not None and self.hi is not None:
                 text += f" from {_num(self.lo)} to {_num(self.hi)}"
             elif self.lo is not None:
@@ -613,6 +641,16 @@ class Key:
                 raise bad("out of range")
             self._range(value, bad)
             return value
+        if kind == "workers":
+            # "auto" (or 0): one per CPU, counted when the server starts.
+            if value == "auto":
+                return 0
+            if isinstance(value, str) and value.isdigit():
+                value = int(value)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise bad()
+            self._range(value, bad)
+            return value
         if kind in ("str", "path"):
             if isinstance(value, Path):
                 value = str(value)
@@ -644,6 +682,30 @@ class Key:
                 ):
                     raise bad(f"the key of {name!r} is not sha256:<64 hex digits>")
             return dict(value)
+        if kind == "url":
+            if not isinstance(value, str):
+                raise bad()
+            problem = url_problem(value) if value else ("" if self.empty else "empty")
+            if problem:
+                raise bad(problem)
+            return value
+        if kind == "url_list":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise bad()
+            for item in value:
+                problem = url_problem(item, stream=True)
+                if problem:
+                    raise bad(f"{_show(item)}: {problem}")
+            return list(value)
+        if kind == "app_urls":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise bad()
+            for item in value:
+                app, eq, url = item.partition("=")
+                problem = "not APP=URL" if not eq or not app else url_problem(url)
+                if problem:
+                    raise bad(f"{_show(item)}: {problem}")
+            return list(value)
         if kind == "push_list":
             if not isinstance(value, list):
                 raise bad()
@@ -919,6 +981,26 @@ def _check_together(config: ServerConfig) -> None:
         tls_context(config)
 
 
+def url_problem(url: str, *, stream: bool = False) -> str:
+    """Why `url` is not rtmp[s]://HOST[:PORT]/APP (with `stream`: .../APP/NAME); "" when it
+    is one."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in SCHEMES or not url.lower().startswith(parts.scheme + "://"):
+        return "not rtmp:// or rtmps://"
+    try:
+        parts.port  # noqa: B018 (it raises for a port that is not one)
+    except ValueError:
+        return "bad port"
+    if not parts.hostname:
+        return "no host"
+    path = parts.path.strip("/")
+    if not path:
+        return "no application (rtmp://HOST/APP)"
+    if stream and "/" not in path:
+        return "no stream name (rtmp://HOST/APP/NAME)"
+    return ""
+
+
 def http_address(text: str) -> tuple[str, int]:
     """The host and port of an `http` value ("127.0.0.1:8080", "[::1]:0"); ValueError says
     why not."""
@@ -1003,7 +1085,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 default=argparse.SUPPRESS,
                 help=text,
             )
-        elif key.kind in ("listen", "push_map"):
+        elif key.kind in ("listen", "app_urls", "push_map"):
             group.add_argument(
                 key.flag,
                 dest=key.name,
@@ -1031,7 +1113,9 @@ def _metavar(key: Key) -> str:
     if key.name.endswith("secret"):
         return "SECRET"
     # Every float key is a time in seconds.
-    return {"int": "N", "float": "SECONDS", "path": "PATH"}.get(key.kind, key.name.upper())
+    return {"int": "N", "float": "SECONDS", "path": "PATH", "workers": "N|auto"}.get(
+        key.kind, key.name.upper()
+    )
 
 
 def values_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -1043,7 +1127,7 @@ def values_from_args(args: argparse.Namespace) -> dict[str, Any]:
         raw = getattr(args, key.name)
         if key.kind == "bool":
             values[key.name] = bool(raw)
-        elif key.kind in ("listen", "push_map"):
+        elif key.kind in ("listen", "app_urls", "push_map"):
             try:
                 values[key.name] = key.check(list(raw))
             except ConfigError as err:

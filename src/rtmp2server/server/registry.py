@@ -47,6 +47,8 @@ class Stream:
     peer: str = ""
     flash_ver: str = ""
     tc_url: str = ""
+    # A stream pulled from another server (`pull.py`): that server's URL, redacted.
+    source: str = ""
     started: float = field(default_factory=time.monotonic)
     started_wall: float = field(default_factory=time.time)
     sinks: list[Sink] = field(default_factory=list)

@@ -830,6 +830,9 @@ class Relay:
         # Told of every play start and stop (event name, app, stream, player, details): the
         # server's webhooks.
         self.notify: Callable[..., None] | None = None
+        # Asked when a player wants (app, name) and nothing is published there: True when a
+        # publish is on its way (a pull on demand, `pull.py`), so the player waits for it.
+        self.demand: Callable[[str, str], bool] | None = None
         registry.on_start.append(self._on_start)
         for stream in registry:
             self._on_start(stream)
@@ -872,6 +875,8 @@ class Relay:
         # ones (told nothing, no play_wait) and goes on with them.
         gap = channel is not None and channel.gap
         wait = self.config.play_wait
+        if not live and not gap and self.demand is not None:
+            self.demand(*key)
         if not live and not gap and wait <= 0:
             conn.reject_play(req, f"{req.name} is not published.")
             log.info("play %s/%s: peer=%s refused: not published", *key, session.peer)
@@ -907,8 +912,14 @@ class Relay:
         channel = self.channels.get(key)
         live = channel is not None and (channel.stream is not None or channel.gap)
         play_wait = self.config.play_wait
-        if not live and (not wait or play_wait <= 0):
-            return None
+        if not live:
+            # A pull may bring it (`demand`, server/pull.py): then the player waits for it as
+            # an RTMP one does, asked to wait or not.
+            if play_wait <= 0:
+                return None
+            demanded = self.demand is not None and self.demand(app, name)
+            if not (wait or demanded):
+                return None
         p = Player(out, 1, name, self.config.player_max_buffer)
         if channel is None:
             channel = self.channels[key] = Channel(self, key)

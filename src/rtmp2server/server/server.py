@@ -32,6 +32,7 @@ from ..protocol.errors import BudgetExceeded, RemoteProtocolError
 from ..protocol.events import Connected, PlayRequest, PublishRequest, StreamClosed
 from ..protocol.messages import Message
 from .access import AccessControl, Decision, Request, access_config
+from .pull import Pulls
 from .push import PushManager
 from .recorder import Recorder, RecordingError
 from .registry import Republish, Stream, StreamRegistry
@@ -461,7 +462,10 @@ class Session(asyncio.BufferedProtocol):
         if not self._name_ok(stream.name):
             raise Refused("The stream name is too long.", "public name too long")
         if decision.record is False:
-            return True  # the callback turned recording off for this stream
+            # The callback turned recording off for this stream; the name is still claimed
+            # where a gate says so (workers.py: across worker processes).
+            gate = self.server.publish_gate
+            return True if gate is None else await gate(stream)
         answer = self.server.publish_handler(stream)
         if isinstance(answer, Awaitable):
             answer = await answer
@@ -720,6 +724,10 @@ class RTMPServer:
             self.relay = Relay(self.registry, self.config.relay)
             self.relay.notify = self._notify_play
             self.play_handler = self.relay.play
+        # Streams pulled from other servers, on demand (asked by the relay) and static.
+        self.pulls = Pulls(self)
+        if self.relay is not None:
+            self.relay.demand = self.pulls.demand
         # Push (restream): each publish forwarded to the targets of its app or its decision.
         self.pushes = PushManager(self.registry, self.relay, self.config)
         self._server: asyncio.Server | None = None
@@ -740,6 +748,12 @@ class RTMPServer:
         # (ChunkError, BudgetExceeded, AMFError, HandshakeError, ...), for the metrics.
         self.protocol_errors: collections.Counter[str] = collections.Counter()
         self.http: HttpServer | None = None  # the HTTP side, when config.http
+        # SO_REUSEPORT on the RTMP listeners (set before `start`): worker processes of
+        # `workers.py` bind the same port and the kernel spreads the accepts among them.
+        self.reuse_port = False
+        # Awaited instead of `publish_handler` when an access callback turned recording off
+        # for a publish: True accepts it (workers.py claims the name there too).
+        self.publish_gate: Callable[[Stream], Awaitable[bool]] | None = None
         # One receive buffer for all sessions: a read is copied out of it before the next.
         self._read_view = memoryview(bytearray(READ_SIZE))
 
@@ -896,6 +910,7 @@ class RTMPServer:
                         listener.host,
                         listener.port,
                         reuse_address=True,
+                        reuse_port=self.reuse_port or None,
                         backlog=128,
                     )
                 listeners.add(listener, server)
@@ -921,6 +936,7 @@ class RTMPServer:
         self._server = cast(asyncio.Server, listeners)
         for url in listeners.urls():
             log.info("listening on %s", url)
+        self.pulls.start()
 
     async def serve_forever(self) -> None:
         """Serve until cancelled; however it ends, every recording is finished."""
@@ -957,6 +973,7 @@ class RTMPServer:
 
     async def close(self) -> None:
         """Stop listening, close every connection (ending their publishes cleanly)."""
+        await self.pulls.close()
         if self._server is not None:
             self._server.close()
         if self.relay is not None:
@@ -1062,6 +1079,8 @@ class _TLSListener:
         sock = socket.socket(family, kind, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if server.reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(address)
             sock.listen(128)
             sock.setblocking(False)
