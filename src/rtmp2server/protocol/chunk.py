@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import struct
 
+from mypy_extensions import mypyc_attr
+
 from .errors import BudgetExceeded, ChunkError, RemoteProtocolError
 from .messages import MAX_CHUNK_SIZE, Message, parse_abort, parse_set_chunk_size
 
@@ -92,6 +94,10 @@ class _InStream:
         self.kept = 0
 
 
+# Compiled (see `_compiled.py`), the reader stays an ordinary class with compiled methods, not a
+# native one: its owners and tests hold weak references to it and replace `_parse` on an
+# instance to count its work; what is per-chunk (`_InStream`) is native.
+@mypyc_attr(native_class=False)
 class ChunkReader:
     """Reassembles RTMP messages from a chunk stream (the bytes after the handshake)."""
 

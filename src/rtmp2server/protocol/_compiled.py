@@ -1,0 +1,124 @@
+"""Which of the protocol's hot-path modules run compiled, and the switch that forces them pure.
+
+The package's install compiles `COMPILED` with mypyc (see `setup.py`): the extension module
+(`chunk.cpython-311-x86_64-linux-gnu.so`) sits beside its source (`chunk.py`) under the same
+name, and Python's import system prefers an extension module to a source file in the same
+directory, so the compiled module is the one imported whenever it is there. The `.py` sources
+stay the reference: they are what mypyc compiles, what runs where nothing was built, and what
+`RTMP2_PURE=1` in the environment forces (a finder put in front of the import system, before
+any of these modules is imported, that loads the source file instead).
+
+`implementation(module)` says which one a loaded module is; `load(name, compiled=...)` loads
+one of the two explicitly, for the tests that compare them (the differential fuzz) and the
+micro-benchmark, without disturbing the module the rest of the process uses.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+PACKAGE = __name__.rpartition(".")[0]
+# The modules mypyc compiles, by name within this package (setup.py reads this list).
+COMPILED = ("chunk", "flv")
+PURE_ENV = "RTMP2_PURE"
+_DIR = Path(__file__).resolve().parent
+
+
+def forced_pure() -> bool:
+    """Whether the environment asks for the pure-Python modules (`RTMP2_PURE=1`)."""
+    return os.environ.get(PURE_ENV, "") not in ("", "0")
+
+
+def source_path(name: str) -> Path:
+    return _DIR / f"{name}.py"
+
+
+def extension_path(name: str) -> Path | None:
+    """The built extension module of `name` beside its source, if there is one."""
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = _DIR / f"{name}{suffix}"
+        if path.exists():
+            return path
+    return None
+
+
+def implementation(module: ModuleType) -> str:
+    """ "compiled" or "pure": which of the two `module` is."""
+    file = getattr(module, "__file__", None) or ""
+    return "pure" if file.endswith(".py") else "compiled"
+
+
+def implementations() -> dict[str, str]:
+    """Each compiled-capable module as imported in this process: "compiled" or "pure"."""
+    out = {}
+    for name in COMPILED:
+        out[name] = implementation(importlib.import_module(f"{PACKAGE}.{name}"))
+    return out
+
+
+class _PureFinder(importlib.abc.MetaPathFinder):
+    """Finds the source file of each module in `COMPILED`, ahead of the extension module."""
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        package, _, name = fullname.rpartition(".")
+        if package != PACKAGE or name not in COMPILED:
+            return None
+        return importlib.util.spec_from_file_location(fullname, source_path(name))
+
+
+_FINDER = _PureFinder()
+
+
+def install() -> None:
+    """Put the pure finder in front when `RTMP2_PURE=1` (called by the package on import)."""
+    if forced_pure() and _FINDER not in sys.meta_path:
+        sys.meta_path.insert(0, _FINDER)
+
+
+def load(name: str, *, compiled: bool) -> ModuleType:
+    """A fresh copy of module `name`, compiled or pure, whatever the process imports.
+
+    The pure one is loaded from its source under a name of its own (`_pure_<name>`, in this
+    package and in `sys.modules`, so that its relative imports resolve to the modules the
+    process uses). The compiled one can only be loaded under its own name: it is imported as
+    usual, or, when the process runs the pure one, loaded from its file with the process's
+    module put back afterwards. Raises `ImportError` when the compiled module was not built."""
+    fullname = f"{PACKAGE}.{name}"
+    if not compiled:
+        spec = importlib.util.spec_from_file_location(f"{PACKAGE}._pure_{name}", source_path(name))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while it runs
+        spec.loader.exec_module(module)
+        return module
+    current = sys.modules.get(fullname)
+    if current is not None and implementation(current) == "compiled":
+        return current
+    path = extension_path(name)
+    if path is None:
+        raise ImportError(f"{fullname}: no compiled module beside {source_path(name)}")
+    loader = importlib.machinery.ExtensionFileLoader(fullname, str(path))
+    spec = importlib.util.spec_from_file_location(fullname, path, loader=loader)
+    assert spec is not None
+    try:
+        module = importlib.util.module_from_spec(spec)
+        loader.exec_module(module)
+    finally:
+        # Loading an extension module registers it under its name: put the process's back.
+        if current is not None:
+            sys.modules[fullname] = current
+        else:
+            sys.modules.pop(fullname, None)
+    return module
