@@ -6,7 +6,8 @@ name, and Python's import system prefers an extension module to a source file in
 directory, so the compiled module is the one imported whenever it is there. The `.py` sources
 stay the reference: they are what mypyc compiles, what runs where nothing was built, and what
 `RTMP2_PURE=1` in the environment forces (a finder put in front of the import system, before
-any of these modules is imported, that loads the source file instead).
+any of these modules is imported, that loads the source file instead). An extension older
+than its source (the source was edited after an editable install built it) is not used.
 
 `implementation(module)` says which one a loaded module is; `load(name, compiled=...)` loads
 one of the two explicitly, for the tests that compare them (the differential fuzz) and the
@@ -20,6 +21,7 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -63,8 +65,22 @@ def implementations() -> dict[str, str]:
     return out
 
 
+def stale() -> list[str]:
+    """The modules whose extension is missing or older than its source (edited since the
+    build: an editable install compiles once, `scripts/setup.sh` rebuilds)."""
+    out = []
+    for name in COMPILED:
+        ext = extension_path(name)
+        if ext is None or ext.stat().st_mtime < source_path(name).stat().st_mtime:
+            out.append(name)
+    return out
+
+
 class _PureFinder(importlib.abc.MetaPathFinder):
-    """Finds the source file of each module in `COMPILED`, ahead of the extension module."""
+    """Finds the source file of the modules in `names`, ahead of their extension modules."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = frozenset(names)
 
     def find_spec(
         self,
@@ -73,18 +89,28 @@ class _PureFinder(importlib.abc.MetaPathFinder):
         target: ModuleType | None = None,
     ) -> importlib.machinery.ModuleSpec | None:
         package, _, name = fullname.rpartition(".")
-        if package != PACKAGE or name not in COMPILED:
+        if package != PACKAGE or name not in self.names:
             return None
         return importlib.util.spec_from_file_location(fullname, source_path(name))
 
 
-_FINDER = _PureFinder()
-
-
 def install() -> None:
-    """Put the pure finder in front when `RTMP2_PURE=1` (called by the package on import)."""
-    if forced_pure() and _FINDER not in sys.meta_path:
-        sys.meta_path.insert(0, _FINDER)
+    """Called by the package on import: with `RTMP2_PURE=1`, a finder in front that loads
+    the sources; without, the same for an extension older than its source (it would run code
+    that is no longer there), with a warning that names it."""
+    if forced_pure():
+        names = list(COMPILED)
+    else:
+        names = [n for n in stale() if extension_path(n) is not None]
+        if names:
+            warnings.warn(
+                f"{PACKAGE}: the compiled {', '.join(names)} is older than its source; "
+                "running the source (scripts/setup.sh or pip install -e . rebuilds it)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    if names and not any(isinstance(f, _PureFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _PureFinder(names))
 
 
 def load(name: str, *, compiled: bool) -> ModuleType:
