@@ -6,8 +6,9 @@ name, and Python's import system prefers an extension module to a source file in
 directory, so the compiled module is the one imported whenever it is there. The `.py` sources
 stay the reference: they are what mypyc compiles, what runs where nothing was built, and what
 `RTMP2_PURE=1` in the environment forces (a finder put in front of the import system, before
-any of these modules is imported, that loads the source file instead). An extension older
-than its source (the source was edited after an editable install built it) is not used.
+any of these modules is imported, that loads the source file instead). In a source
+checkout, an extension older than its source (edited after an editable install built it) is
+not used.
 
 `implementation(module)` says which one a loaded module is; `load(name, compiled=...)` loads
 one of the two explicitly, for the tests that compare them (the differential fuzz) and the
@@ -66,12 +67,14 @@ def implementations() -> dict[str, str]:
 
 
 def stale() -> list[str]:
-    """The modules whose extension is missing or older than its source (edited since the
-    build: an editable install compiles once, `scripts/setup.sh` rebuilds)."""
+    """The modules whose extension is missing, or, in a source checkout (an editable install,
+    which compiles once; `scripts/setup.sh` compiles again), older than its source. An
+    installed copy's file times say nothing (pip sets them as it unpacks)."""
+    checkout = (_DIR.parents[2] / "pyproject.toml").exists()  # src/rtmp2server/protocol
     out = []
     for name in COMPILED:
         ext = extension_path(name)
-        if ext is None or ext.stat().st_mtime < source_path(name).stat().st_mtime:
+        if ext is None or (checkout and ext.stat().st_mtime < source_path(name).stat().st_mtime):
             out.append(name)
     return out
 
