@@ -15,6 +15,8 @@ apt_packages=(
     # decoders for what rtmp2flvdemux outputs: avdec_h264/h265/aac/ac3 (libav); av1dec (aom)
     # is in plugins-bad, vp9dec and flacdec in good, opusdec in base
     gstreamer1.0-libav
+    # the compiled hot path: mypyc's C output needs a C compiler and the Python headers
+    gcc python3-dev
 )
 extras="${RTMP2_EXTRAS:-}"
 if [[ ",$extras," == *",test,"* ]]; then
@@ -68,7 +70,16 @@ if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv from /usr/bin/python3 (with system site packages for gi/Gst)"
     /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# The editable install compiles the hot path (setup.py) once: build again when a compiled
+# module's source is newer than its extension, or the extension is missing.
+stale=""
+if [ -f "$stamp" ] && [ "${RTMP2_PURE_BUILD:-0}" = 0 ]; then
+    stale="$(.venv/bin/python -W ignore -c \
+        'from rtmp2server.protocol import _compiled; print(*_compiled.stale())')"
+fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ] ||
+    [ -n "$stale" ]; then
+    [ -z "$stale" ] || echo "setup: compiling again (source newer than its build): $stale"
     echo "setup: installing gst-rtmp2-server${extras:+[$extras]} into .venv"
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"

@@ -28,6 +28,8 @@ previous message on that chunk stream allows.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from typing import TypeVar
 
 from .errors import BudgetExceeded, ChunkError, RemoteProtocolError
 from .messages import MAX_CHUNK_SIZE, Message, parse_abort, parse_set_chunk_size
@@ -57,6 +59,14 @@ _COMPACT_EVERY = 1024 * 1024  # bytes read between two looks at what messages in
 # this are joined, and below `_SMALL_CHUNK` messages in progress are looked over on every read.
 _PART_COST = 64
 _SMALL_CHUNK = _PART_COST
+
+_T = TypeVar("_T")
+try:
+    from mypy_extensions import mypyc_attr
+except ImportError:  # not needed to run: GStreamer's plugin loader's interpreter has no venv
+
+    def mypyc_attr(*attrs: str, **kwattrs: object) -> Callable[[_T], _T]:
+        return lambda cls: cls
 
 
 class _InStream:
@@ -92,6 +102,10 @@ class _InStream:
         self.kept = 0
 
 
+# Compiled (see `_compiled.py`), the reader stays an ordinary class with compiled methods, not a
+# native one: its owners and tests hold weak references to it and replace `_parse` on an
+# instance to count its work; what is per-chunk (`_InStream`) is native.
+@mypyc_attr(native_class=False)
 class ChunkReader:
     """Reassembles RTMP messages from a chunk stream (the bytes after the handshake)."""
 

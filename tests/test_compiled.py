@@ -1,0 +1,382 @@
+"""The compiled hot path (`protocol/_compiled.py`): which implementation runs, and that the
+compiled modules behave exactly as their pure-Python sources do.
+
+The suite runs twice in CI (`scripts/test.sh`): as installed (compiled) with `RTMP2_COMPILED=1`,
+which makes a missing build an error rather than a silent second pure run, and with
+`RTMP2_PURE=1`. The differential tests load both implementations side by side whatever the
+process runs (`_compiled.load`) and compare, over hypothesis-generated streams and seeded
+mutants of real clients' captures, every message handed out, every error (type and message)
+and the reader's state after each read: the compiled parser must raise exactly what the pure
+one raises.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rtmp2server.protocol import _compiled
+from rtmp2server.protocol.connection import ServerConnection
+from rtmp2server.protocol.errors import LocalProtocolError, RemoteProtocolError
+from rtmp2server.protocol.events import PlayRequest, PublishRequest
+from rtmp2server.protocol.messages import Message
+from support.capture import Capture, record_captures
+from support.fuzz import HANDSHAKE_END, chunk_map, mutate_in_place, mutate_length
+from support.media import SourceMedia
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _both(name: str) -> tuple[ModuleType, ModuleType]:
+    """(pure, compiled) copies of module `name`; a missing build fails the test."""
+    pure = _compiled.load(name, compiled=False)
+    try:
+        compiled = _compiled.load(name, compiled=True)
+    except ImportError as err:
+        pytest.fail(f"{err}: the install builds it (`pip install -e .`, scripts/setup.sh)")
+    assert _compiled.implementation(pure) == "pure"
+    assert _compiled.implementation(compiled) == "compiled"
+    return pure, compiled
+
+
+CHUNK_PY, CHUNK_C = _both("chunk") if _compiled.extension_path("chunk") else (None, None)
+
+
+def _chunk_modules() -> tuple[ModuleType, ModuleType]:
+    if CHUNK_PY is None or CHUNK_C is None:
+        return _both("chunk")  # fails, saying why
+    return CHUNK_PY, CHUNK_C
+
+
+# --- which implementation runs ---------------------------------------------------------------
+
+
+def test_the_implementation_in_force(record_property: Any) -> None:
+    """Compiled where built, pure with RTMP2_PURE=1; RTMP2_COMPILED=1 requires compiled."""
+    got = _compiled.implementations()
+    record_property("hot_path", got)
+    print(f"hot path: {got}")
+    if _compiled.forced_pure():
+        assert got == dict.fromkeys(_compiled.COMPILED, "pure")
+    elif os.environ.get("RTMP2_COMPILED", "") not in ("", "0"):
+        assert got == dict.fromkeys(_compiled.COMPILED, "compiled"), (
+            f"RTMP2_COMPILED=1 but {got}: the compiled modules are not built "
+            "(pip install -e . builds them)"
+        )
+    else:
+        expected = {
+            name: "compiled" if _compiled.extension_path(name) else "pure"
+            for name in _compiled.COMPILED
+        }
+        assert got == expected
+
+
+def _implementations_in_child(pure: bool) -> str:
+    env = {k: v for k, v in os.environ.items() if k != _compiled.PURE_ENV}
+    if pure:
+        env[_compiled.PURE_ENV] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
+    code = (
+        "from rtmp2server.protocol import _compiled, chunk, flv\n"
+        "print(sorted(_compiled.implementations().items()), chunk.__file__, flv.__file__)"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_rtmp2_pure_forces_the_sources_and_the_build_is_chosen_without_it() -> None:
+    forced = _implementations_in_child(pure=True)
+    assert forced.startswith("[('chunk', 'pure'), ('flv', 'pure')]")
+    assert forced.count(".py") >= 2 and ".so" not in forced
+    _chunk_modules()  # the build is there
+    chosen = _implementations_in_child(pure=False)
+    assert chosen.startswith("[('chunk', 'compiled'), ('flv', 'compiled')]"), chosen
+
+
+# --- the differential harness ----------------------------------------------------------------
+
+
+def _msg(m: Message) -> tuple[int, int, int, int, bytes]:
+    return (m.csid, m.timestamp, m.type_id, m.stream_id, m.payload)
+
+
+def reader_trace(mod: ModuleType, pieces: list[bytes], **limits: int) -> list[Any]:
+    """Everything observable of a reader fed `pieces`: per read the messages or the error, and
+    the state after it; once it failed, what the next read raises."""
+    reader = mod.ChunkReader(**limits)
+    trace: list[Any] = []
+    for piece in pieces:
+        try:
+            got = reader.feed(piece)
+        except RemoteProtocolError as err:
+            trace.append(("raise", type(err).__name__, str(err)))
+            try:
+                reader.feed(b"\x03")
+            except RemoteProtocolError as again:
+                trace.append(("again", again is err))
+            break
+        trace.append(
+            (
+                [_msg(m) for m in got],
+                reader.buffered,
+                reader.partial_bytes,
+                reader.chunk_streams,
+                reader.chunk_size,
+            )
+        )
+        if reader.error is not None:
+            trace.append(("error", type(reader.error).__name__, str(reader.error)))
+            break
+    return trace
+
+
+def assert_same_reading(pieces: list[bytes], **limits: int) -> list[Any]:
+    pure, compiled = _chunk_modules()
+    want = reader_trace(pure, pieces, **limits)
+    got = reader_trace(compiled, pieces, **limits)
+    assert got == want
+    return want
+
+
+def _item(item: Any) -> Any:
+    return ("message", *_msg(item)) if isinstance(item, Message) else item
+
+
+def connection_trace(mod: ModuleType, pieces: list[bytes]) -> list[Any]:
+    """A server connection fed a client's whole connection (handshake included), reading its
+    chunk stream with `mod`'s reader: the items and errors of each read, and what it sent
+    back (past the handshake)."""
+    conn = ServerConnection()
+    old = conn._reader
+    conn._reader = mod.ChunkReader(
+        max_message_size=old.max_message_size,
+        max_chunk_streams=old.max_chunk_streams,
+        max_partial_bytes=old.max_partial_bytes,
+        max_chunk_size=old.max_chunk_size,
+    )
+    trace: list[Any] = []
+    answered = False
+    for piece in pieces:
+        try:
+            items = conn.receive_data(piece)
+        except RemoteProtocolError as err:
+            trace.append(("raise", type(err).__name__, str(err), [_item(i) for i in err.partial]))
+            break
+        trace.append([_item(i) for i in items])
+        # Accept whatever is asked, so that media flows as in a server.
+        for item in items:
+            try:
+                if isinstance(item, PublishRequest):
+                    conn.accept_publish(item)
+                elif isinstance(item, PlayRequest):
+                    conn.accept_play(item)
+            except LocalProtocolError as err:  # a request withdrawn in the same read
+                trace.append(("local", str(err)))
+        out = conn.data_to_send()
+        if out and not answered:
+            # S0, S1 and S2 come first, and S1 and S2 hold random bytes.
+            answered = True
+            out = out[1 + 2 * 1536 :]
+        trace.append(out)
+    return trace
+
+
+def _split(rng: random.Random, data: bytes, sizes: list[int] | None = None) -> list[bytes]:
+    if sizes is None:
+        sizes = []
+        left = len(data)
+        while left > 0:
+            n = min(left, rng.choice((1, 7, 64, 512, 4096, 65536)))
+            sizes.append(n)
+            left -= n
+    out, pos = [], 0
+    for n in sizes:
+        out.append(data[pos : pos + n])
+        pos += n
+    if pos < len(data):
+        out.append(data[pos:])
+    return [p for p in out if p]
+
+
+# --- hypothesis-generated streams ------------------------------------------------------------
+
+message_st = st.tuples(
+    st.sampled_from([2, 3, 4, 5, 6, 63, 64, 319, 320, 65599]),
+    st.integers(0, 0x1FFFFFF),
+    st.sampled_from([8, 9, 18, 20]),
+    st.integers(0, 3),
+    st.binary(max_size=700),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=800), step=st.integers(1, 64))
+def test_compiled_reader_reads_random_bytes_as_the_pure_one(data: bytes, step: int) -> None:
+    pieces = [data[i : i + step] for i in range(0, len(data), step)]
+    assert_same_reading(pieces, max_message_size=1 << 12, max_chunk_streams=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    msgs=st.lists(message_st, min_size=1, max_size=6),
+    size=st.sampled_from([1, 2, 16, 128, 4096]),
+    flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=4),
+    cut=st.integers(0, 10_000),
+    step=st.integers(1, 300),
+)
+def test_compiled_reader_reads_mutated_streams_as_the_pure_one(
+    msgs: list[tuple[int, int, int, int, bytes]],
+    size: int,
+    flips: list[tuple[int, int]],
+    cut: int,
+    step: int,
+) -> None:
+    pure, compiled = _chunk_modules()
+    data = bytearray()
+    framed = []
+    for mod in (pure, compiled):
+        writer = mod.ChunkWriter(size)
+        framed.append(b"".join(writer.write(*m) for m in msgs))
+    assert framed[0] == framed[1]  # the writers agree too
+    set_size = pure.ChunkWriter().write(2, 0, 1, 0, size.to_bytes(4, "big"))
+    data = bytearray(set_size + framed[0])
+    for pos, value in flips:
+        data[pos % len(data)] = value
+    data = data[: len(data) - cut % (len(data) + 1)] if cut % 3 == 0 else data
+    pieces = [bytes(data[i : i + step]) for i in range(0, len(data), step)]
+    assert_same_reading(pieces, max_message_size=1 << 16, max_chunk_size=1 << 16)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    msgs=st.lists(message_st, min_size=1, max_size=6),
+    size=st.integers(1, 5000),
+)
+def test_compiled_writer_frames_as_the_pure_one(
+    msgs: list[tuple[int, int, int, int, bytes]], size: int
+) -> None:
+    pure, compiled = _chunk_modules()
+    a, b = pure.ChunkWriter(size), compiled.ChunkWriter(size)
+    for m in msgs:
+        assert compiled.ChunkWriter(size).write(*m) == pure.ChunkWriter(size).write(*m)
+        assert b.write(*m) == a.write(*m)
+
+
+def test_compiled_reader_refuses_what_the_pure_one_refuses() -> None:
+    pure, _ = _chunk_modules()
+    # Each bound and each framing error once, by name: the same type and the same words.
+    w = pure.ChunkWriter(128)
+    cases = [
+        b"\xc5",  # type-3 first
+        b"\x45" + bytes(7),  # type-1 first
+        w.write(5, 0, 9, 1, bytes(300))[:140] + b"\x05" + bytes(11),  # fmt 0 mid-message
+        pure.ChunkWriter(128).write(5, 0, 9, 1, bytes(70_000)),  # over max_message_size
+        b"".join(pure.ChunkWriter(128).write(c, 0, 9, 1, b"x") for c in range(3, 10)),
+        pure.ChunkWriter().write(2, 0, 1, 0, (1 << 20).to_bytes(4, "big")),  # chunk size
+        pure.ChunkWriter().write(2, 0, 1, 0, bytes(4)),  # Set Chunk Size 0
+        pure.ChunkWriter().write(2, 0, 1, 0, b"\x01"),  # short body
+    ]
+    for data in cases:
+        for step in (1, 5, len(data)):
+            pieces = [data[i : i + step] for i in range(0, len(data), step)]
+            trace = assert_same_reading(
+                pieces, max_message_size=65536, max_chunk_streams=4, max_chunk_size=65536
+            )
+            assert trace[-1][0] in ("raise", "again", "error"), (data.hex(), trace)
+
+
+# --- mutants of real clients' captures -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def captures(tmp_path_factory: pytest.TempPathFactory, source: SourceMedia) -> dict[str, Capture]:
+    """The session's captures of real clients (made once; see support/capture.py), in the
+    same place test_fuzz_connections.py keeps them, so the two share one recording."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    return record_captures(base / "fuzz-captures", source)
+
+
+def test_compiled_reader_reads_real_captures_and_their_mutants_as_the_pure_one(
+    captures: dict[str, Capture],
+) -> None:
+    pure, compiled = _chunk_modules()
+    names = sorted(captures)
+    raised = 0
+    for index in range(240):
+        rng = random.Random(f"compiled/{index}")
+        base = captures[rng.choice(names)]
+        other = captures[rng.choice(names)]
+        data = bytearray(base.data)
+        cmap = chunk_map(bytes(data))
+        if index % 8:  # one in eight unchanged
+            for _ in range(rng.choice((1, 1, 2, 3))):
+                mutate_in_place(rng, data, cmap)
+            if rng.random() < 0.5:
+                data, _ = mutate_length(rng, data, cmap, (other.data, chunk_map(other.data)))
+        stream = bytes(data[HANDSHAKE_END:])
+        pieces = _split(rng, stream, None if index % 2 else list(base.segments))
+        trace = assert_same_reading(pieces)
+        raised += trace[-1][0] in ("raise", "again", "error")
+        if index % 4 == 0:
+            whole = _split(rng, bytes(data), list(base.segments))
+            assert connection_trace(compiled, whole) == connection_trace(pure, whole)
+    # The mutants reach the errors, not only the happy path (most mutations break the stream).
+    assert 20 < raised < 240
+
+
+# --- FLV -------------------------------------------------------------------------------------
+
+
+def _flv_modules() -> tuple[ModuleType, ModuleType]:
+    return _both("flv")
+
+
+def _flv_outcome(mod: ModuleType, data: bytes) -> Any:
+    try:
+        header, tags, end = mod.parse_flv(data)
+    except RemoteProtocolError as err:
+        return ("raise", type(err).__name__, str(err))
+    return (
+        (header.version, header.audio, header.video),
+        [(t.tag_type, t.timestamp, t.body) for t in tags],
+        end,
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    tags=st.lists(
+        st.tuples(st.sampled_from([8, 9, 18]), st.integers(0, 0xFFFFFFFF), st.binary(max_size=64)),
+        max_size=6,
+    ),
+    flips=st.lists(st.tuples(st.integers(0, 1000), st.integers(0, 255)), max_size=3),
+    cut=st.integers(0, 400),
+)
+def test_compiled_flv_encodes_and_parses_as_the_pure_one(
+    tags: list[tuple[int, int, bytes]], flips: list[tuple[int, int]], cut: int
+) -> None:
+    pure, compiled = _flv_modules()
+    streams = []
+    for mod in (pure, compiled):
+        enc = mod.FLVEncoder(audio=True, video=True)
+        out: list[bytes | memoryview] = [enc.file_header()]
+        n = enc.encode([mod.TagItem(*t) for t in tags], out)
+        streams.append((b"".join(out), n, enc.flags, enc.tags, enc.size, enc.flags_fixup()))
+    assert streams[1] == streams[0]
+    data = bytearray(streams[0][0])
+    for pos, value in flips:
+        data[pos % len(data)] = value
+    data = data[: max(0, len(data) - cut % 40)]
+    assert _flv_outcome(compiled, bytes(data)) == _flv_outcome(pure, bytes(data))
