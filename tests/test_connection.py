@@ -481,3 +481,19 @@ def test_the_protocol_core_loads_no_asyncio() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_pieces_to_send_hands_over_the_queued_objects_uncopied() -> None:
+    """A relay queues one framed message to many players: each player's connection must hand
+    the same bytes object to its transport (writelines), not a joined private copy."""
+    p = Pair()
+    sid = p.connect_and_publish()
+    p.server.data_to_send()
+    framed = b"\x05" * 5000
+    p.server.send_raw(framed)
+    p.server.send_raw(framed)
+    pieces = p.server.pieces_to_send()
+    assert len(pieces) == 2 and all(piece is framed for piece in pieces)
+    assert p.server.pieces_to_send() == [] and p.server.data_to_send() == b""
+    p.server.send_message(3, 0, 18, sid, b"\x02\x00\x01x")  # the next queue is a fresh list
+    assert p.server.pieces_to_send() != [] and pieces == [framed, framed]

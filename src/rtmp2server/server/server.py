@@ -216,9 +216,12 @@ class Session(asyncio.BufferedProtocol):
     # --- helpers -------------------------------------------------------------------------
 
     def flush(self) -> None:
-        out = self.conn.data_to_send()
-        if out and self.transport is not None and not self.closed:
-            self.transport.write(out)
+        pieces = self.conn.pieces_to_send()
+        if pieces and self.transport is not None and not self.closed:
+            if len(pieces) == 1:
+                self.transport.write(pieces[0])
+            else:
+                self.transport.writelines(pieces)
 
     def close(self, reason: str) -> None:
         """Close the connection now, for `reason` (the stop reason of its publishes)."""
