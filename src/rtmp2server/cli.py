@@ -94,9 +94,11 @@ def reload(server: RTMPServer, args: argparse.Namespace) -> bool:
     return True
 
 
-async def run(cfg: ServerConfig, args: argparse.Namespace | None = None) -> int:
-    server = RTMPServer(cfg)
-    stop = asyncio.Event()
+def handle_signals(
+    server: RTMPServer, args: argparse.Namespace | None, stop: asyncio.Event
+) -> list[signal.Signals]:
+    """SIGINT/SIGTERM set `stop` (the list returned says which came), SIGHUP reloads the
+    `--config` file: a single server's handlers, and each worker's (workers.py)."""
     loop = asyncio.get_running_loop()
     signals: list[signal.Signals] = []
 
@@ -104,7 +106,6 @@ async def run(cfg: ServerConfig, args: argparse.Namespace | None = None) -> int:
         signals.append(sig)
         stop.set()
 
-    # Before the port opens: whoever sees it open may signal at once.
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
     if args is not None and args.config is not None:
@@ -112,6 +113,14 @@ async def run(cfg: ServerConfig, args: argparse.Namespace | None = None) -> int:
     else:
         # Nothing to read again; SIGHUP would otherwise end the process.
         loop.add_signal_handler(signal.SIGHUP, log.info, "SIGHUP: no --config file to reload")
+    return signals
+
+
+async def run(cfg: ServerConfig, args: argparse.Namespace | None = None) -> int:
+    server = RTMPServer(cfg)
+    stop = asyncio.Event()
+    # Before the port opens: whoever sees it open may signal at once.
+    signals = handle_signals(server, args, stop)
     try:
         await server.start()
     except OSError as err:

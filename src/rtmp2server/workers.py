@@ -790,7 +790,7 @@ def _link_config(config: ServerConfig) -> ServerConfig:
 async def run_worker(config: ServerConfig, args: argparse.Namespace | None, index: int) -> int:
     """Worker `index`: the public listeners (SO_REUSEPORT), the private link socket, and its
     part of the names, until SIGTERM/SIGINT (or the supervisor's death)."""
-    from .cli import reload  # the front-end's SIGHUP: the same as a single server's
+    from .cli import handle_signals  # the front-end's: the same as a single server's
 
     for handler in logging.getLogger().handlers:
         handler.setFormatter(
@@ -834,19 +834,8 @@ async def run_worker(config: ServerConfig, args: argparse.Namespace | None, inde
         return session
 
     stop = asyncio.Event()
-    signals: list[signal.Signals] = []
     loop = asyncio.get_running_loop()
-
-    def on_signal(sig: signal.Signals) -> None:
-        signals.append(sig)
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
-    if args is not None and args.config is not None:
-        loop.add_signal_handler(signal.SIGHUP, reload, server, args)
-    else:
-        loop.add_signal_handler(signal.SIGHUP, log.info, "SIGHUP: no --config file to reload")
+    signals = handle_signals(server, args, stop)
     try:
         await server.start()
         links = await loop.create_server(link_session, "127.0.0.1", 0)
