@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +27,7 @@ from rtmp2server.server import RTMPServer, ServerConfig
 from rtmp2server.server.registry import StreamRegistry
 from support.clients import chunk_message, start_looping_publisher
 from support.media import SourceMedia
-from support.server import free_port
+from support.nginx import nginx_rtmp_server
 from test_server import frames, recording, run, wait_for
 
 META = {"videocodecid": 7.0, "audiocodecid": 10.0}
@@ -221,46 +218,11 @@ def test_play_while_ffmpeg_publishes_every_message_checked(
         assert ts == sorted(ts), f"type {kind}: timestamps go back"
 
 
-NGINX_CONF = """\
-load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
-daemon off;
-master_process off;
-worker_processes 1;
-error_log {dir}/error.log info;
-pid {dir}/nginx.pid;
-events {{ worker_connections 64; }}
-rtmp {{
-    server {{
-        listen 127.0.0.1:{port};
-        application live {{ live on; }}
-    }}
-}}
-"""
-
-
 @pytest.fixture
 def nginx_rtmp(tmp_path: Path) -> Iterator[int]:
     """nginx with libnginx-mod-rtmp (Debian's), one live application; its port."""
-    port = free_port()
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(dir=tmp_path, port=port))
-    proc = subprocess.Popen(
-        ["nginx", "-p", str(tmp_path), "-e", str(tmp_path / "error.log"), "-c", str(conf)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(250):
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert proc.poll() is None, (tmp_path / "error.log").read_text()
-            time.sleep(0.02)
+    with nginx_rtmp_server(tmp_path) as port:
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.mark.e2e

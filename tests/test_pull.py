@@ -13,17 +13,24 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import test_e2e_play as e2e
 from rtmp2server.client import Client, StatusError, connect
 from rtmp2server.config import AppConfig, ConfigError, parse_tree, resolve
 from rtmp2server.protocol.messages import AUDIO, VIDEO, Message
 from rtmp2server.server import RTMPServer, ServerConfig, Stream
 from rtmp2server.server.pull import redact_url, split_stream_url
-from support.server import free_port
+from support.clients import Publisher
+from support.nginx import nginx_rtmp_server
+from support.server import ServerProcess, free_port, running_server
 from test_server import frames, recording, run, wait_for
 
 Media = list[tuple[int, int, bytes]]
@@ -381,3 +388,120 @@ def test_redact_url(url: str, shown: str) -> None:
 def test_split_stream_url() -> None:
     assert split_stream_url("rtmp://o/live/x") == ("rtmp://o/live", "x")
     assert split_stream_url("rtmp://o/app/inst/x?k=1") == ("rtmp://o/app/inst", "x?k=1")
+
+
+# --- real processes: rtmp2-server edges of an rtmp2-server and of an nginx-rtmp origin ------
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "edge.toml"
+EDGE_PLAYERS = ("rtmpdump", "ffmpeg-debian")
+
+
+@pytest.fixture
+def nginx_rtmp(tmp_path: Path) -> Iterator[int]:
+    with nginx_rtmp_server(tmp_path / "nginx") as port:
+        yield port
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """test_e2e_play's sources, in its directory (made once under its lock)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    path = base / "e2e-play-media"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def edge_args(*extra: str) -> list[str]:
+    # Grace 0: players end as soon as the origin's publish does (the example keeps 10 s).
+    return ["--republish-grace", "0", "--pull-idle", "1", *extra]
+
+
+def start_players(edge: ServerProcess, tmp_path: Path) -> list[e2e.Player]:
+    return [e2e.Player(kind, edge.url("cam"), tmp_path / f"{kind}.flv") for kind in EDGE_PLAYERS]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_edge_of_our_origin_with_the_example_config(tmp_path: Path, media_dir: Path) -> None:
+    """The README's example: an origin, and an edge run with `examples/edge.toml` (the
+    origin's address put in). ffmpeg publishes to the origin; rtmpdump and ffmpeg play from
+    the edge, joining mid-stream: each gets the origin's recording bit-exact from a keyframe
+    to the end, the origin sees one play for both, and it ends once they left."""
+    src = e2e.make_source(media_dir, "h264-aac-gop1s")
+    origin_args = ["--republish-grace", "0"]
+    with running_server(tmp_path / "origin", tmp_path / "origin.log", args=origin_args) as origin:
+        conf = tmp_path / "edge.toml"
+        text = EXAMPLE.read_text()
+        assert "rtmp://127.0.0.1:1935/live" in text
+        conf.write_text(text.replace("127.0.0.1:1935", f"127.0.0.1:{origin.port}"))
+        args = ["--config", str(conf), *edge_args()]
+        with running_server(tmp_path / "edge", tmp_path / "edge.log", args=args) as edge:
+            publisher = e2e.publish(origin, src, "cam")
+            time.sleep(1.5)  # mid-stream (a keyframe a second)
+            players = start_players(edge, tmp_path)
+            assert publisher.wait(30).returncode == 0
+            for player in players:
+                player.wait()
+            recording = e2e.wait_recording(origin, "cam")
+            for player in players:
+                joined = e2e.assert_suffix_from_keyframe(player.out, recording)
+                assert joined.video_from > 0 and joined.video >= 60
+            edge.wait_for_log(r"pull stop: app=live stream=cam .*\(no players for 1 s\)")
+            origin.wait_for_log(r"play stop: .*stream=cam")
+            # One play at the origin for the two players, and it has ended.
+            assert len(origin.log_lines("play start", "stream=cam")) == 1
+            assert len(origin.log_lines("play stop", "stream=cam")) == 1
+            assert len(edge.log_lines("play start", "stream=cam")) == 2
+            # The edge records nothing (record = false in the example).
+            assert edge.recordings() == []
+            pulls = edge.log_lines("pull start")
+            assert len(pulls) == 1 and f"from rtmp://127.0.0.1:{origin.port}/live/cam" in pulls[0]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_edge_of_an_nginx_rtmp_origin(nginx_rtmp: int, tmp_path: Path, media_dir: Path) -> None:
+    """nginx-rtmp as the origin: the edge's players get the source bit-exact from a keyframe
+    to the end, and the pull ends after they left."""
+    src = e2e.make_source(media_dir, "h264-aac-gop1s")
+    origin = f"rtmp://127.0.0.1:{nginx_rtmp}/live"
+    args = edge_args("--pull", f"live={origin}")
+    with running_server(tmp_path / "edge", tmp_path / "edge.log", args=args) as edge:
+        ffmpeg = f"-hide_banner -nostdin -loglevel error -re -i {src} -map 0 -c copy -f flv"
+        publisher = Publisher([e2e.FFMPEG9, *ffmpeg.split(), f"{origin}/cam"])
+        time.sleep(1.5)
+        players = start_players(edge, tmp_path)
+        assert publisher.wait(30).returncode == 0
+        for player in players:
+            player.wait()
+        for player in players:
+            joined = e2e.assert_suffix_from_keyframe(player.out, src)
+            assert joined.video_from > 0 and joined.video >= 60
+        edge.wait_for_log(r"pull stop: app=live stream=cam .*\(no players for 1 s\)")
+        assert len(edge.log_lines("pull start")) == 1
+        # The edge records the pulled stream as it would a publish (record is on): every
+        # frame from its start to the end, its timestamps from zero.
+        recorded, source = e2e.frames(edge.recording("cam")), e2e.frames(src)
+        for kind in (VIDEO, AUDIO):
+            got = [t.body for t in recorded if t.tag_type == kind]
+            assert got and got == [t.body for t in source if t.tag_type == kind][-len(got) :]
+        assert min(t.timestamp for t in recorded) < 100
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_nginx_rtmp_origin_without_the_stream(nginx_rtmp: int, tmp_path: Path) -> None:
+    """nginx-rtmp answers Play.Start for a stream it does not have and sends nothing: the
+    edge's player (rtmpdump) gets StreamNotFound after play_wait, and the pull ends."""
+    args = edge_args("--pull", f"live=rtmp://127.0.0.1:{nginx_rtmp}/live", "--play-wait", "2")
+    with running_server(tmp_path / "edge", tmp_path / "edge.log", args=args) as edge:
+        player = subprocess.run(
+            [e2e.RTMPDUMP, "--live", "-r", edge.url("none"), "-o", str(tmp_path / "none.flv")],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert "NetStream.Play.StreamNotFound" in player.stderr, player.stderr
+        edge.wait_for_log(r"pull stop: app=live stream=none .*0 publish\(es\)")

@@ -31,11 +31,12 @@ from urllib.parse import urlsplit
 from .logs import get_logger
 from .protocol.client import ClientCommand, ClientConnection
 from .protocol.errors import RemoteProtocolError
-from .protocol.messages import AUDIO, DATA_AMF0, DATA_AMF3, VIDEO, Message
+from .protocol.messages import AUDIO, DATA_AMF0, DATA_AMF3, VIDEO, Message, MessageType
 
 log = get_logger(__name__)
 
 DEFAULT_PORTS = {"rtmp": 1935, "rtmps": 443}
+USER_CONTROL = int(MessageType.USER_CONTROL)
 READ_SIZE = 256 * 1024
 
 
@@ -118,7 +119,7 @@ class Client:
         self._status: asyncio.Queue[ClientCommand] = asyncio.Queue()
         # Media and data of the stream being played: bounded, so a slow consumer slows the
         # reading of the socket (TCP back-pressure) rather than growing memory.
-        self._media: asyncio.Queue[Message | None] = asyncio.Queue(max_queued)
+        self._media: asyncio.Queue[Message | ClientCommand | None] = asyncio.Queue(max_queued)
         self._failure: ClientError | None = None
         self._play_error: StatusError | None = None  # an error status that ended a play
         self.stream_id = 0
@@ -128,9 +129,14 @@ class Client:
         # at the server even before the first message comes).
         self.started = asyncio.Event()
         self.connect_result: ClientCommand | None = None
-        # Told of every onStatus as it arrives, also while a play yields messages (a relay
-        # that plays from another server acts on NetStream.Play.UnpublishNotify).
+        # Told of every onStatus; during a play, in order with the messages it yields (called
+        # by the play's iterator before the messages that came after it): a relay that plays
+        # from another server ends its stream on NetStream.Play.UnpublishNotify after the
+        # last message of that stream, not before.
         self.on_status: Callable[[ClientCommand], None] | None = None
+        # Told of every User Control message (Stream Begin, Stream EOF, ...) of a play, in
+        # order with its messages: nginx-rtmp ends a play's stream with Stream EOF alone.
+        self.on_control: Callable[[Message], None] | None = None
 
     # --- connection ----------------------------------------------------------------------
 
@@ -232,6 +238,14 @@ class Client:
                 item = None  # the end marker did not fit in a full queue
             else:
                 item = await self._media.get()
+            if isinstance(item, ClientCommand):
+                if self.on_status is not None:
+                    self.on_status(item)
+                continue
+            if item is not None and item.type_id == USER_CONTROL:
+                if self.on_control is not None:
+                    self.on_control(item)
+                continue
             if item is None:
                 if self._play_error is not None:
                     raise self._play_error
@@ -345,7 +359,10 @@ class Client:
             elif item.name == "onStatus":
                 self._status.put_nowait(item)
                 if self.on_status is not None:
-                    self.on_status(item)
+                    if self.started.is_set() and not self._publishing:
+                        await self._media.put(item)  # in order with the play's messages
+                    else:
+                        self.on_status(item)
                 info = item.info
                 code = info.get("code")
                 if code in ("NetStream.Play.Stop", "NetStream.Play.Complete"):
@@ -360,6 +377,11 @@ class Client:
                     )
                     await self._media.put(None)
         elif (
+            item.type_id == USER_CONTROL
+            and self.on_control is not None
+            and self.started.is_set()
+            and not self._publishing
+        ) or (
             item.type_id in (AUDIO, VIDEO, DATA_AMF0, DATA_AMF3)
             and item.stream_id == self.stream_id
             and not self._publishing

@@ -21,11 +21,12 @@ set of pulls of one `RTMPServer`:
 Both retry with exponential backoff (0.5 s, doubling to `pull_retry_max`), and a failure that
 repeats is logged once, not at each attempt.
 
-The local stream is claimed at the first message from the origin, not at NetStream.Play.Start:
+The local stream is claimed at the first frame from the origin, not at NetStream.Play.Start:
 nginx-rtmp answers a play of a stream it does not have with Play.Start and then sends nothing
 (it waits for a publisher), so a claim at Play.Start would hold players on a stream that never
 comes; they get StreamNotFound after `play_wait` instead. When the origin's publish ends
-(NetStream.Play.UnpublishNotify, Play.Stop, or the connection closing), the local stream is
+(NetStream.Play.UnpublishNotify, User Control Stream EOF, which is all nginx-rtmp sends,
+Play.Stop, or the connection closing), the local stream is
 released: its players go through the relay's republish grace as for a publisher that left, and
 the pull plays again (the origin's publisher may be back), a new publish for the relay.
 
@@ -43,16 +44,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ssl as _ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-from ..client import ClientError, StatusError, connect
+from ..client import Client, ClientError, StatusError, connect
 from ..logs import get_logger, redact_query
 from ..protocol.client import ClientCommand
-from ..protocol.messages import AUDIO, DATA_AMF0, VIDEO
+from ..protocol.messages import AUDIO, DATA_AMF0, VIDEO, Message, UserControlEvent
 from .recorder import RecordingError
 from .registry import Stream, StreamKey, StreamRegistry
 
@@ -67,6 +69,7 @@ BACKOFF_MIN = 0.5  # seconds before the first retry
 CHECK_INTERVAL = 0.25  # seconds between two looks at whether a pull still has players
 # The origin's answer to play (as ours and nginx-rtmp send it): not part of the stream.
 _SAMPLE_ACCESS = b"\x02\x00\x11|RtmpSampleAccess"
+MAX_HELD_DATA = 16  # data messages held until the first frame of a publish
 _ORIGIN_ENDED = ("NetStream.Play.UnpublishNotify", "NetStream.Play.Stop")
 
 PublishHandler = Callable[[Stream], "bool | Awaitable[bool]"]
@@ -304,18 +307,40 @@ class Pull:
     async def _play(self) -> None:
         async with connect(self.url, ssl=self.ssl, timeout=self.timeout) as client:
             client.on_status = self._on_status
+            client.on_control = functools.partial(self._on_control, client)
+            held: list[Message] = []
+            base = 0
             async for msg in client.play(self.remote_name):
                 t = msg.type_id
+                stream = self.stream
                 if t == DATA_AMF0:
                     if msg.payload.startswith(_SAMPLE_ACCESS):
                         continue
+                    if stream is None:
+                        # Held until the first frame, then delivered at its time (see below).
+                        if len(held) < MAX_HELD_DATA:
+                            held.append(msg)
+                        continue
                 elif t != AUDIO and t != VIDEO:
                     continue  # AMF3 data: nothing a relay or a recording takes
-                stream = self.stream
                 if stream is None:
                     stream = await self._publish()
                     if stream is None:
                         return
+                    # nginx-rtmp sends a mid-stream joiner onMetaData at timestamp 0 and the
+                    # media at the stream's own time (seconds on): each local publish is
+                    # rebased to start at its first frame, as a publish here would, so that
+                    # its recording and players' timelines start at zero.
+                    base = msg.timestamp
+                    for data in held:
+                        stream.deliver(
+                            Message(data.csid, 0, DATA_AMF0, data.stream_id, data.payload)
+                        )
+                    held = []
+                if base:
+                    msg = Message(
+                        msg.csid, (msg.timestamp - base) & 0xFFFFFFFF, t, msg.stream_id, msg.payload
+                    )
                 stream.deliver(msg)
 
     def _on_status(self, status: ClientCommand) -> None:
@@ -324,6 +349,17 @@ class Pull:
         code = str(status.info.get("code", ""))
         if code in _ORIGIN_ENDED:
             self._release(f"origin: {code}")
+
+    def _on_control(self, client: Client, msg: Message) -> None:
+        # nginx-rtmp tells its players that a publish ended with Stream EOF alone (its
+        # UnpublishNotify needs `publish_notify on`).
+        payload = msg.payload
+        if (
+            len(payload) >= 6
+            and int.from_bytes(payload[:2], "big") == UserControlEvent.STREAM_EOF
+            and int.from_bytes(payload[2:6], "big") == client.stream_id
+        ):
+            self._release("origin: Stream EOF")
 
     # --- the local stream ------------------------------------------------------------------
 
