@@ -21,16 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import ClientSession
 
 import test_e2e_play as e2e
 from rtmp2server.client import Client, StatusError, connect
 from rtmp2server.config import AppConfig, ConfigError, parse_tree, resolve
+from rtmp2server.protocol import flv
 from rtmp2server.protocol.messages import AUDIO, VIDEO, Message
 from rtmp2server.server import RTMPServer, ServerConfig, Stream
 from rtmp2server.server.pull import redact_url, split_stream_url
 from support.clients import Publisher
 from support.nginx import nginx_rtmp_server
 from support.server import ServerProcess, free_port, running_server
+from test_http import check
 from test_server import frames, recording, run, wait_for
 
 Media = list[tuple[int, int, bytes]]
@@ -247,6 +250,45 @@ def test_origin_ends_players_go_through_the_grace_and_the_next_publish(tmp_path:
             assert ts == sorted(ts)
 
     run(main())
+
+
+def test_http_flv_player_waits_for_the_pull_and_the_api_marks_the_stream(tmp_path: Path) -> None:
+    """An HTTP-FLV play (the relay's `add_player`) starts a pull on demand as an RTMP play
+    does, waits for it, and gets every frame; the API shows the stream as pulled."""
+    media = frames(60)
+
+    async def main() -> bytes:
+        origin_cfg = origin_config(tmp_path)
+        assert origin_cfg.relay is not None
+        origin_cfg.relay.republish_grace = 0
+        cfg = edge_config(tmp_path, 0, http="127.0.0.1:0")
+        assert cfg.relay is not None
+        cfg.relay.republish_grace = 0  # the response ends when the origin's publish does
+        async with RTMPServer(origin_cfg) as origin:
+            cfg.pull = [f"live=rtmp://127.0.0.1:{origin.port}/live?token=s3cret"]
+            async with RTMPServer(cfg) as edge, ClientSession() as http:
+                assert edge.http is not None
+                base = edge.http.url
+                async with http.get(f"{base}/live/cam.flv") as response:
+                    assert response.status == 200
+                    await wait_for(lambda: origin_players(origin) == 1)
+                    body = asyncio.ensure_future(response.read())
+                    publisher = asyncio.ensure_future(publish(origin.port, "cam", media, 0.01))
+                    await wait_for(lambda: edge.registry.get("live", "cam") is not None)
+                    async with http.get(f"{base}/api/v1/streams/live/cam") as r:
+                        doc = await r.json()
+                    check(doc, "/api/v1/streams/{app}/{name}")
+                    shown = f"rtmp://127.0.0.1:{origin.port}/live?token=***/cam"
+                    assert doc["publisher"]["pulled_from"] == shown
+                    assert doc["publisher"]["peer"] == shown
+                    await publisher
+                    return await asyncio.wait_for(body, 10)
+
+    data = run(main())
+    _, tags, _ = flv.parse_flv(data)
+    for kind in (VIDEO, AUDIO):
+        got = [t.body for t in tags if t.tag_type == kind]
+        assert got == [p for t, _ts, p in media if t == kind]
 
 
 # --- a local publish of a pulled name -------------------------------------------------------

@@ -141,7 +141,11 @@ class Pull:
         self.timeout = timeout
         self.ssl = ssl
         self.on_done = on_done
-        self.source = redact_url(f"{url.rstrip('/')}/{self.remote_name}")
+        # The application's URL and the stream name, each with its query values hidden.
+        stream, _, query = self.remote_name.partition("?")
+        self.source = f"{redact_url(url).rstrip('/')}/{stream}" + (
+            f"?{redact_query(query)}" if query else ""
+        )
         self.stream: Stream | None = None  # the local stream, while the origin sends
         self.started = time.monotonic()
         self.attempts = 0  # connections to the origin so far
