@@ -14,6 +14,7 @@ import asyncio
 import functools
 import logging
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -523,6 +524,14 @@ def test_edge_of_an_nginx_rtmp_origin(nginx_rtmp: int, tmp_path: Path, media_dir
             assert joined.video_from > 0 and joined.video >= 60
         edge.wait_for_log(r"pull stop: app=live stream=cam .*\(no players for 1 s\)")
         assert len(edge.log_lines("pull start")) == 1
+        # nginx saw one play for the two players, and it ended (the pull disconnected).
+        nginx_log = tmp_path / "nginx" / "error.log"
+        plays = re.findall(r"\*(\d+) play: name='cam'", nginx_log.read_text())
+        assert len(plays) == 1, nginx_log.read_text()
+        deadline = time.monotonic() + 10
+        while f"*{plays[0]} disconnect" not in nginx_log.read_text():
+            assert time.monotonic() < deadline, nginx_log.read_text()
+            time.sleep(0.05)
         # The edge records the pulled stream as it would a publish (record is on): every
         # frame from its start to the end, its timestamps from zero.
         recorded, source = e2e.frames(edge.recording("cam")), e2e.frames(src)
