@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import os
 import re
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -473,7 +475,8 @@ def test_edge_of_our_origin_with_the_example_config(tmp_path: Path, media_dir: P
     the edge, joining mid-stream: each gets the origin's recording bit-exact from a keyframe
     to the end, the origin sees one play for both, and it ends once they left."""
     src = e2e.make_source(media_dir, "h264-aac-gop1s")
-    origin_args = ["--republish-grace", "0"]
+    api = f"127.0.0.1:{free_port()}"
+    origin_args = ["--republish-grace", "0", "--http", api]
     with running_server(tmp_path / "origin", tmp_path / "origin.log", args=origin_args) as origin:
         conf = tmp_path / "edge.toml"
         text = EXAMPLE.read_text()
@@ -493,6 +496,15 @@ def test_edge_of_our_origin_with_the_example_config(tmp_path: Path, media_dir: P
                 assert joined.video_from > 0 and joined.video >= 60
             edge.wait_for_log(r"pull stop: app=live stream=cam .*\(no players for 1 s\)")
             origin.wait_for_log(r"play stop: .*stream=cam")
+            # The origin's API: no connection left (the pull's play was the last one).
+            deadline = time.monotonic() + 10
+            while True:
+                with urllib.request.urlopen(f"http://{api}/api/v1/clients", timeout=5) as r:
+                    clients = json.load(r)["clients"]
+                if not clients:
+                    break
+                assert time.monotonic() < deadline, clients
+                time.sleep(0.05)
             # One play at the origin for the two players, and it has ended.
             assert len(origin.log_lines("play start", "stream=cam")) == 1
             assert len(origin.log_lines("play stop", "stream=cam")) == 1
