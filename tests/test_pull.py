@@ -568,3 +568,28 @@ def test_nginx_rtmp_origin_without_the_stream(nginx_rtmp: int, tmp_path: Path) -
         )
         assert "NetStream.Play.StreamNotFound" in player.stderr, player.stderr
         edge.wait_for_log(r"pull stop: app=live stream=none .*0 publish\(es\)")
+
+
+def test_pulls_on_demand_are_bounded(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Players choose the names: past `pull_max` pulls, a play of another name starts none
+    (it waits as for a stream not published), with one log line."""
+
+    async def main() -> None:
+        async with RTMPServer(origin_config(tmp_path)) as origin:
+            cfg = edge_config(tmp_path, origin.port, pull_max=2)
+            assert cfg.relay is not None
+            cfg.relay.play_wait = 1.0
+            async with RTMPServer(cfg) as edge:
+                players = [EdgePlayer(edge.port, f"s{i}", 1) for i in range(4)]
+                await wait_for(lambda: origin_players(origin) == 2)
+                assert len(edge.pulls) == 2  # whichever two plays came first
+                for player in players:
+                    with pytest.raises(StatusError):
+                        await player.done()
+                await wait_for(lambda: len(edge.pulls) == 0)
+
+    run(main())
+    lines = [
+        r.getMessage() for r in caplog.records if "the limit (pull_max) is 2" in r.getMessage()
+    ]
+    assert len(lines) == 1, lines

@@ -462,6 +462,7 @@ class Pulls:
         self.server = server
         self.pulls: dict[StreamKey, Pull] = {}
         self._closing = False
+        self._refused_logged = -1.0  # when a pull over the limit was last logged
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(list(self.pulls.values()))
@@ -480,8 +481,23 @@ class Pulls:
         pull = self.pulls.get((app, name))
         if pull is not None and pull.running:
             return True
-        url = on_demand_sources(self.server.config).get(app)
+        cfg = self.server.config
+        url = on_demand_sources(cfg).get(app)
         if url is None:
+            return False
+        if len(self.pulls) >= cfg.pull_max:
+            # Players choose the names: without a bound, one could make this server open a
+            # connection to the origin per name it asks for.
+            now = time.monotonic()
+            if now - self._refused_logged >= 1.0:
+                self._refused_logged = now
+                log.warning(
+                    "pull %s/%s: not started: %d pulls running, the limit (pull_max) is %d",
+                    app,
+                    name,
+                    len(self.pulls),
+                    cfg.pull_max,
+                )
             return False
         self.add(app, name, url)
         return True
