@@ -303,7 +303,7 @@ class Pull:
         finally:
             if not session.done():
                 session.cancel()
-                with contextlib.suppress(BaseException):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await session
             self._session = None
             self._release("origin connection closed")
