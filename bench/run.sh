@@ -9,6 +9,7 @@
 #   bash bench/run.sh --profile  # py-spy + cProfile of our ingest path -> results/<date>/profile.md
 #   bash bench/run.sh --help     # every option (--runs, --servers, --max-publishers, ...)
 #   bash bench/run.sh capacity   # publishers and players per core (rtmpbench/loadgen.py)
+#   bash bench/run.sh section2   # every capacity figure of issue 13, side by side (section2.py)
 set -euo pipefail
 bench="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$bench")"
@@ -76,5 +77,10 @@ if [ "${1:-}" = capacity ]; then
     # capacity per core: `bash bench/run.sh capacity --servers nginx-rtmp,ours+uvloop --window 10`
     shift
     exec "$venv/bin/python" -m rtmpbench.loadgen "$@"
+fi
+if [ "${1:-}" = section2 ]; then
+    # `bash bench/run.sh section2` (about 20-25 min for 3 servers), `... section2 --quick` (3 min)
+    shift
+    exec "$venv/bin/python" -m rtmpbench.section2 "$@"
 fi
 exec "$venv/bin/python" -m rtmpbench "$@"

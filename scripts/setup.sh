@@ -21,6 +21,11 @@ if [[ ",$extras," == *",test,"* ]]; then
     # The tests' second, independent RTMP server (tests/test_client.py): nginx with
     # nginx-rtmp. Its service is not started (see policy-rc.d below).
     apt_packages+=(nginx-light libnginx-mod-rtmp)
+    # node and npm for node-media-server (tests/test_push.py); a NodeSource nodejs has npm.
+    command -v npm >/dev/null || apt_packages+=(nodejs npm)
+    # Headless Chromium for the browser tests (tests/test_browser.py): Debian's build has the
+    # proprietary codecs, so H.264/AAC play through Media Source Extensions.
+    apt_packages+=(chromium)
 fi
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -45,6 +50,19 @@ if ((${#missing[@]})); then
     if ((own_policy)); then "${sudo_cmd[@]}" rm -f "$policy"; trap - EXIT; fi
 fi
 
+# node-media-server 4, a push target of tests/test_push.py, pinned in
+# tests/support/nms-package.json, into tests/.cache/nms (git-ignored).
+if [[ ",$extras," == *",test,"* ]]; then
+    nms="tests/.cache/nms"
+    if [ ! -f "$nms/.stamp" ] || [ tests/support/nms-package.json -nt "$nms/.stamp" ]; then
+        echo "setup: installing node-media-server into $nms"
+        mkdir -p "$nms"
+        cp tests/support/nms-package.json "$nms/package.json"
+        (cd "$nms" && npm install --no-audit --no-fund --loglevel=error)
+        touch "$nms/.stamp"
+    fi
+fi
+
 stamp=".venv/.setup-stamp${extras:+-$extras}"
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv from /usr/bin/python3 (with system site packages for gi/Gst)"
@@ -56,6 +74,22 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
     touch "$stamp"
 fi
+
+# The browser-side packages of package.json (mpegts.js for the dashboard and HTTP-FLV in a
+# browser), pinned by package-lock.json. The HTTP listener serves them itself, never from a
+# CDN: they are copied into the package's git-ignored static/vendor/, where an editable install
+# finds them (and a wheel built after setup includes them).
+npm_stamp="node_modules/.setup-stamp"
+if [ ! -f "$npm_stamp" ] || [ package-lock.json -nt "$npm_stamp" ]; then
+    command -v npm >/dev/null || { echo "setup: npm (Node.js) is needed for mpegts.js" >&2; exit 1; }
+    echo "setup: installing npm packages (package-lock.json)"
+    npm ci --omit=dev --no-audit --no-fund
+    touch "$npm_stamp"
+fi
+vendor="src/rtmp2server/http/static/vendor"
+mkdir -p "$vendor"
+cp -p node_modules/mpegts.js/dist/mpegts.js node_modules/mpegts.js/dist/mpegts.js.LICENSE.txt \
+    "$vendor/"
 
 # rtmp2serversrc and rtmp2flvdemux for gst-launch-1.0/gst-inspect-1.0: GStreamer's Python plugin
 # loader (1.22) also scans ~/.gstreamer-1.0/plugins/python, so link the elements' loader shims

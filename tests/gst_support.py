@@ -29,9 +29,9 @@ from gi.repository import Gst  # noqa: E402
 
 Gst.init(None)
 
+from rtmp2server.client import ClientError, StatusError, connect  # noqa: E402
 from rtmp2server.gst import register  # noqa: E402
 from rtmp2server.protocol import flv  # noqa: E402
-from rtmp2server.protocol.client import ClientCommand, ClientConnection  # noqa: E402
 from support.clients import Publisher  # noqa: E402
 from support.server import free_port  # noqa: E402, F401 - re-exported for the gst tests
 
@@ -256,55 +256,26 @@ async def publish_async(
     `realtime` paces the tags by their timestamps; `hold` keeps the publish open, silent,
     for that many seconds after the last tag.
     """
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    conn = ClientConnection()
-    items: list[Any] = []
-
-    async def flush() -> None:
-        data = conn.data_to_send()
-        if data:
-            writer.write(data)
-            await writer.drain()
-
-    async def command(name: str) -> ClientCommand:
-        await flush()
-        while True:
-            for item in items:
-                if isinstance(item, ClientCommand) and item.name == name:
-                    items.remove(item)
-                    return item
-            data = await reader.read(65536)
-            if not data:
-                raise ConnectionError("server closed the connection")
-            items.extend(conn.receive_data(data))
-            await flush()
-
     try:
-        conn.connect(app, f"rtmp://127.0.0.1:{port}/{app}")
-        await command("_result")
-        conn.create_stream()
-        sid = int((await command("_result")).args[1])
-        conn.publish(sid, name)
-        code = str((await command("onStatus")).info.get("code"))
-        if code != "NetStream.Publish.Start":
-            return code
-        start = time.monotonic()
-        for tag in tags:
-            if realtime:
-                delay = tag.timestamp / 1000 - (time.monotonic() - start)
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            conn.send_media(sid, tag.tag_type, tag.timestamp, tag.body)
-            await flush()
-        if hold:
-            await asyncio.sleep(hold)
-        conn.delete_stream(sid)
-        await flush()
-        return code
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
+        async with connect(f"rtmp://127.0.0.1:{port}/{app}") as client:
+            try:
+                await client.publish(name)
+            except StatusError as err:
+                return err.code
+            start = time.monotonic()
+            for tag in tags:
+                if realtime:
+                    delay = tag.timestamp / 1000 - (time.monotonic() - start)
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                # Every tag as it is, data tags (onMetaData of the file) too.
+                await client.send_media(tag.tag_type, tag.timestamp, tag.body)
+            if hold:
+                await asyncio.sleep(hold)
+            # Leaving the block: FCUnpublish and deleteStream, then the close.
+            return "NetStream.Publish.Start"
+    except ClientError as err:  # refused, closed, timed out: as the socket errors it was
+        raise ConnectionError(str(err)) from err
 
 
 def publish(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 import trustme
 
 from rtmp2server.client import URL, Client, ClientError, StatusError, connect
-from rtmp2server.config import Listener
+from rtmp2server.config import Listener, RelayConfig
 from rtmp2server.protocol import amf0, enhanced, flv
 from rtmp2server.protocol.connection import ServerConnection, State
 from rtmp2server.protocol.messages import AUDIO, DATA_AMF0, VIDEO, Message
@@ -27,7 +28,7 @@ from rtmp2server.server import RTMPServer, ServerConfig
 from rtmp2server.server.registry import StreamRegistry
 from support.clients import chunk_message, start_looping_publisher
 from support.media import SourceMedia
-from support.nginx import nginx_rtmp_server
+from support.nginx import NginxRTMP
 from test_server import frames, recording, run, wait_for
 
 META = {"videocodecid": 7.0, "audiocodecid": 10.0}
@@ -221,8 +222,8 @@ def test_play_while_ffmpeg_publishes_every_message_checked(
 @pytest.fixture
 def nginx_rtmp(tmp_path: Path) -> Iterator[int]:
     """nginx with libnginx-mod-rtmp (Debian's), one live application; its port."""
-    with nginx_rtmp_server(tmp_path) as port:
-        yield port
+    with NginxRTMP(tmp_path) as nginx:
+        yield nginx.port
 
 
 @pytest.mark.e2e
@@ -320,3 +321,136 @@ def test_play_ends_when_the_server_closes_the_connection(tmp_path: Path) -> None
     assert [
         (m.type_id, m.timestamp, m.payload) for m in played if m.type_id in (AUDIO, VIDEO)
     ] == media
+
+
+class Observed(Client):
+    """A client that keeps every command and message the server sends (`event_received`)."""
+
+    def __init__(self, url: str, **kw: object) -> None:
+        super().__init__(url, **kw)  # type: ignore[arg-type]
+        self.events: list[object] = []
+
+    def event_received(self, item: object) -> None:
+        self.events.append(item)
+
+    def codes(self) -> list[str]:
+        statuses = [e for e in self.events if getattr(e, "name", "") == "onStatus"]
+        return [str(e.info.get("code")) for e in statuses]  # type: ignore[attr-defined]
+
+
+def test_chunk_size_data_messages_and_a_small_receive_buffer_are_recorded_bit_exact(
+    tmp_path: Path,
+) -> None:
+    """set_chunk_size(128) re-chunks everything after it; send_data goes out as it is; the
+    connection runs over a socket the caller connected (SO_RCVBUF set before connecting)."""
+    media = frames(30)
+    cue = amf0.encode("onCuePoint", {"name": "x"})
+
+    async def main() -> None:
+        async with RTMPServer(ServerConfig(host="127.0.0.1", port=0, record_dir=tmp_path)) as s:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", s.port))
+            async with connect(f"rtmp://127.0.0.1:{s.port}/live", sock=sock) as client:
+                await client.publish("small")
+                await client.set_chunk_size(128)
+                assert client.conn.out_chunk_size == 128
+                await client.send_metadata(META)
+                for type_id, ts, payload in media:
+                    await client.send_media(type_id, ts, payload)
+                await client.send_data(990, cue)
+            await wait_for(lambda: len(s.registry) == 0)
+        with pytest.raises(ValueError, match="chunk size 0"):
+            await Client("rtmp://h/live").set_chunk_size(0)
+
+    run(main())
+    tags = recording(tmp_path, "live", "small")
+    assert [(t.tag_type, t.timestamp, t.body) for t in tags[1:]] == [*media, (DATA_AMF0, 990, cue)]
+
+
+def test_stream_commands_event_received_and_abort(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """create_stream then a publish sent through `conn` (its BadName seen by event_received,
+    not raised); pause and receiveVideo answered with their statuses; abort drops the
+    connection without deleteStream, which ends the publish as a lost connection."""
+    media = frames(40)
+    cfg = ServerConfig(host="127.0.0.1", port=0, record_dir=tmp_path)
+
+    async def main() -> None:
+        async with RTMPServer(cfg, registry=StreamRegistry(republish="refuse")) as s:
+            url = f"rtmp://127.0.0.1:{s.port}/live"
+            publisher = Observed(url)
+            await publisher.open()
+            sid = await publisher.create_stream()
+            assert sid == await publisher.create_stream() == publisher.stream_id
+            await publisher.publish("cmd")  # on the stream made above
+            assert publisher.stream_id == sid
+            second = Observed(url)
+            await second.open()
+            second.conn.publish(await second.create_stream(), "cmd")
+            await second.flush()
+            await wait_for(lambda: "NetStream.Publish.BadName" in second.codes())
+            await second.close()
+            for type_id, ts, payload in media[:20]:
+                await publisher.send_media(type_id, ts, payload)
+            player = Observed(url)
+            await player.open()
+            got: list[Message] = []
+
+            async def play() -> None:
+                async for message in player.play("cmd"):
+                    got.append(message)
+
+            task = asyncio.create_task(play())
+            await wait_for(lambda: len(got) >= 20)
+            await player.pause(True)
+            await wait_for(lambda: "NetStream.Pause.Notify" in player.codes())
+            await player.pause(False)
+            await wait_for(lambda: "NetStream.Unpause.Notify" in player.codes())
+            await player.receive_video(False)
+            await player.receive_audio(True)
+            kinds = [type(e).__name__ for e in player.events]
+            assert "Message" in kinds and "ClientCommand" in kinds  # User Control too
+            await publisher.abort()
+            assert publisher.closed.is_set()
+            await wait_for(lambda: len(s.registry) == 0)
+            await player.close()
+            task.cancel()
+
+    with caplog.at_level(logging.INFO):
+        run(main())
+    with_log = [r.getMessage() for r in caplog.records]
+    (stop,) = [line for line in with_log if "publish stop" in line and "cmd" in line]
+    assert "deleteStream" not in stop, stop  # aborted: the server saw the connection drop
+
+
+def test_an_error_status_after_the_start_ends_the_play_with_status_error() -> None:
+    """The publisher leaves and does not come back within play_wait: the server says
+    NetStream.Play.StreamNotFound on a connection it keeps open; the iteration raises."""
+    media = frames(10)
+    played: list[Message] = []
+
+    async def main() -> None:
+        relay = RelayConfig(republish_grace=0, play_wait=0.3)
+        async with RTMPServer(ServerConfig(host="127.0.0.1", port=0, relay=relay)) as s:
+            url = f"rtmp://127.0.0.1:{s.port}/live"
+            async with connect(url) as publisher, connect(url) as player:
+                await publisher.publish("gone")
+
+                async def play() -> None:
+                    async for message in player.play("gone"):
+                        played.append(message)
+
+                task = asyncio.create_task(play())
+                await asyncio.wait_for(player.started.wait(), 10)
+                for type_id, ts, payload in media:
+                    await publisher.send_media(type_id, ts, payload)
+                await wait_for(lambda: len(played) >= len(media))
+                await publisher.close()
+                with pytest.raises(StatusError, match=r"NetStream\.Play\.StreamNotFound"):
+                    await asyncio.wait_for(task, 10)
+                assert not player.closed.is_set()
+
+    run(main())

@@ -173,9 +173,16 @@ def test_cli_default_records_to_recordings() -> None:
 
 
 def _wrong_type(key: Key) -> Any:
-    wrong = {"int": "12", "float": "x", "bool": 1, "str": 5, "path": 5, "listen": "rtmp://a:1"}
-    wrong["app_urls"] = "live=rtmp://a/live"  # one string, not a list
-    return wrong[key.kind]
+    return {
+        "int": "12",
+        "float": "x",
+        "bool": 1,
+        "str": 5,
+        "path": 5,
+        "listen": "rtmp://a:1",
+        "push_map": 5,
+        "app_urls": "live=rtmp://a/live",  # one string, not a list
+    }[key.kind]
 
 
 def _out_of_range(key: Key) -> list[Any]:
@@ -186,6 +193,8 @@ def _out_of_range(key: Key) -> list[Any]:
         return [["http://a:1"], ["rtmp://a:99999"], [3]]
     if key.kind == "app_urls":
         return [["rtmp://a/live"], ["live=http://a/live"], ["live=rtmp://a"], [3]]
+    if key.kind == "push_map":
+        return [["live"], ["live=http://a/b"], ["live=rtmp://a/b x=1"], {"live": ["rtmp://a"]}]
     if key.kind in ("str", "path"):
         return [] if key.empty else [""]
     out: list[Any] = []

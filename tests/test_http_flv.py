@@ -41,8 +41,9 @@ def config(tmp_path: Path, **kw: object) -> ServerConfig:
         port=0,
         record_dir=tmp_path / "rec",
         http="127.0.0.1:0",
-        # The play ends (Stream EOF: the response ends) as soon as the publish does.
-        relay=RelayConfig(republish_grace=0),
+        # The play ends (Stream EOF: the response ends) as soon as the publish does, and a
+        # stream not published is 404 at once (the wait for one: test_browser.py).
+        relay=RelayConfig(republish_grace=0, play_wait=0),
         **kw,  # type: ignore[arg-type]
     )
 

@@ -34,7 +34,7 @@ from rtmp2server.protocol.messages import AUDIO, VIDEO, Message
 from rtmp2server.server import RTMPServer, ServerConfig, Stream
 from rtmp2server.server.pull import redact_url, split_stream_url
 from support.clients import Publisher
-from support.nginx import nginx_rtmp_server
+from support.nginx import NginxRTMP
 from support.server import ServerProcess, free_port, running_server
 from test_http import check
 from test_server import frames, recording, run, wait_for
@@ -272,12 +272,13 @@ def test_http_flv_player_waits_for_the_pull_and_the_api_marks_the_stream(tmp_pat
             async with RTMPServer(cfg) as edge, ClientSession() as http:
                 assert edge.http is not None
                 base = edge.http.url
-                async with http.get(f"{base}/live/cam.flv") as response:
+                # The response starts once the pulled stream does (a waiting HTTP-FLV player).
+                request = asyncio.ensure_future(http.get(f"{base}/live/cam.flv"))
+                await wait_for(lambda: origin_players(origin) == 1)
+                publisher = asyncio.ensure_future(publish(origin.port, "cam", media, 0.01))
+                async with await request as response:
                     assert response.status == 200
-                    await wait_for(lambda: origin_players(origin) == 1)
                     body = asyncio.ensure_future(response.read())
-                    publisher = asyncio.ensure_future(publish(origin.port, "cam", media, 0.01))
-                    await wait_for(lambda: edge.registry.get("live", "cam") is not None)
                     async with http.get(f"{base}/api/v1/streams/live/cam") as r:
                         doc = await r.json()
                     check(doc, "/api/v1/streams/{app}/{name}")
@@ -443,8 +444,8 @@ EDGE_PLAYERS = ("rtmpdump", "ffmpeg-debian")
 
 @pytest.fixture
 def nginx_rtmp(tmp_path: Path) -> Iterator[int]:
-    with nginx_rtmp_server(tmp_path / "nginx") as port:
-        yield port
+    with NginxRTMP(tmp_path / "nginx") as nginx:
+        yield nginx.port
 
 
 @pytest.fixture(scope="session")

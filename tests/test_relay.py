@@ -1,4 +1,4 @@
-"""The live relay in-process: sans-IO clients over loopback publish and play.
+"""The live relay in-process: our client (`rtmp2server.client`) over loopback publishes and plays.
 
 Every byte a player gets is checked against what the publisher sent: the join point (GOP
 cache), timestamps rebased to zero and monotonic, waiting for a publisher, StreamNotFound,
@@ -15,6 +15,7 @@ import itertools
 import math
 import os
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,9 +23,9 @@ from typing import Any
 
 import pytest
 
+from rtmp2server.client import Client, ClientError, connect
 from rtmp2server.protocol import amf0, enhanced, flv
 from rtmp2server.protocol.client import ClientCommand, ClientConnection
-from rtmp2server.protocol.handshake import ClientHandshake
 from rtmp2server.protocol.messages import AUDIO, DATA_AMF0, VIDEO, Message
 from rtmp2server.server import RTMPServer, ServerConfig
 from rtmp2server.server.relay import RelayConfig
@@ -58,57 +59,55 @@ def is_key(t: int, payload: bytes) -> bool:
 
 
 class Peer:
-    """The sans-IO client on an asyncio stream, recording everything that arrives."""
+    """Our client (`rtmp2server.client`) over loopback, recording everything that arrives.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, **connect: Any):
-        self.reader = reader
-        self.writer = writer
-        self.conn = ClientConnection()
+    Every command and message the server sends is kept as it comes (`event_received`), with
+    its arrival time for media; a play is sent through the client's `conn` so that a refused
+    play and every status after the start are recorded rather than raised. `close()` drops
+    the connection without deleteStream (a player or encoder that goes away).
+    """
+
+    def __init__(self, port: int, **connect: Any) -> None:
+        self.port = port
+        self.connect_extra = connect
+        self.client: _Recording | None = None
         self.items: list[Any] = []
         self.media: list[tuple[float, Message]] = []  # (arrival time, message) of types 8/9/18
         self.statuses: list[str] = []
-        self.connect_extra = connect
-        self.sid = 0
-        self._reader_task: asyncio.Task[None] | None = None
-        self.closed = asyncio.Event()
+        self._closed = asyncio.Event()
 
     @classmethod
     async def open(cls, port: int, **connect: Any) -> Peer:
-        r, w = await asyncio.open_connection("127.0.0.1", port)
-        return cls(r, w, **connect)
+        return cls(port, **connect)
+
+    @property
+    def conn(self) -> ClientConnection:
+        assert self.client is not None, "not connected"
+        return self.client.conn
+
+    @property
+    def sid(self) -> int:
+        return 0 if self.client is None else self.client.stream_id
+
+    @property
+    def closed(self) -> asyncio.Event:
+        return self._closed if self.client is None else self.client.closed
 
     async def flush(self) -> None:
-        data = self.conn.data_to_send()
-        if data:
-            self.writer.write(data)
-            await self.writer.drain()
+        """Send what `conn` holds; nothing once the server closed the connection (tests
+        wait for that)."""
+        if self.client is not None and not self.client.closed.is_set():
+            with contextlib.suppress(ClientError):
+                await self.client.flush()
 
-    def _take(self, items: list[Any]) -> None:
-        now = time.monotonic()
-        for item in items:
-            if isinstance(item, Message) and item.type_id in (AUDIO, VIDEO, DATA_AMF0):
-                if not item.payload.startswith(SAMPLE_ACCESS):
-                    self.media.append((now, item))
-            else:
-                if isinstance(item, ClientCommand) and item.name == "onStatus":
-                    self.statuses.append(str(item.info.get("code")))
-                self.items.append(item)
-
-    async def _pump(self) -> None:
-        try:
-            while True:
-                data = await self.reader.read(65536)
-                if not data:
-                    break
-                self._take(self.conn.receive_data(data))
-                await self.flush()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            self.closed.set()
-
-    def start(self) -> None:
-        self._reader_task = asyncio.get_running_loop().create_task(self._pump())
+    def _take(self, item: Any) -> None:
+        if isinstance(item, Message) and item.type_id in (AUDIO, VIDEO, DATA_AMF0):
+            if not item.payload.startswith(SAMPLE_ACCESS):
+                self.media.append((time.monotonic(), item))
+        else:
+            if isinstance(item, ClientCommand) and item.name == "onStatus":
+                self.statuses.append(str(item.info.get("code")))
+            self.items.append(item)
 
     async def wait(self, pred: Callable[[], bool], timeout: float = 10.0) -> None:
         await self.flush()
@@ -138,17 +137,18 @@ class Peer:
         await self.wait(lambda: code in self.statuses, timeout)
 
     async def connect(self, app: str = "live") -> ClientCommand:
-        self.start()
-        self.conn.connect(app, f"rtmp://127.0.0.1/{app}", **self.connect_extra)
-        result = await self.command("_result")
-        self.conn.create_stream()
-        self.sid = int((await self.command("_result")).args[1])
-        return result
+        """connect (its `_result` returned) and createStream."""
+        url = f"rtmp://127.0.0.1:{self.port}/{app}"
+        self.client = _Recording(self, url, connect_extra=self.connect_extra)
+        await self.client.open()
+        await self.client.create_stream()
+        assert self.client.connect_result is not None
+        return self.client.connect_result
 
     async def publish(self, name: str, app: str = "live") -> None:
         await self.connect(app)
-        self.conn.publish(self.sid, name)
-        await self.status("NetStream.Publish.Start")
+        assert self.client is not None
+        await self.client.publish(name)
 
     async def play(self, name: str, app: str = "live") -> None:
         await self.connect(app)
@@ -156,6 +156,7 @@ class Peer:
         await self.flush()
 
     async def send(self, media: Media, metadata: dict[str, Any] | None = None) -> None:
+        """The messages in one write, as an encoder's burst."""
         if metadata is not None:
             self.conn.send_metadata(self.sid, metadata)
         for t, ts, payload in media:
@@ -166,12 +167,17 @@ class Peer:
         return [m for _, m in self.media if m.type_id in (AUDIO, VIDEO)]
 
     async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self.writer.wait_closed()
-        if self._reader_task is not None:
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
-                await asyncio.wait_for(self._reader_task, 2)
+        if self.client is not None:
+            await self.client.abort()
+
+
+class _Recording(Client):
+    def __init__(self, peer: Peer, url: str, **kw: Any) -> None:
+        super().__init__(url, **kw)
+        self.peer = peer
+
+    def event_received(self, item: ClientCommand | Message) -> None:
+        self.peer._take(item)
 
 
 def server(tmp_path: Path | None = None, **relay: Any) -> RTMPServer:
@@ -452,30 +458,42 @@ def test_multitrack_only_default_track_for_legacy_players() -> None:
 
 
 class Stalled:
-    """A player that completes the handshake, connects, plays, then never reads again."""
+    """A player that connects, plays, then never reads again: our client on a socket with a
+    4 KiB receive buffer, whose play is never iterated past its first message (its queue of
+    one message fills and it stops reading the socket). It runs on an event loop of its own
+    in a thread, so that synchronous tests (against a server process) can hold it too."""
 
     def __init__(self, port: int, name: str) -> None:
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        self.sock.settimeout(5)
-        self.sock.connect(("127.0.0.1", port))
-        hs = ClientHandshake()
-        self.sock.sendall(hs.initial_data())
-        while not hs.done:
-            hs.receive_data(self.sock.recv(65536))
-            out = hs.data_to_send()
-            if out:
-                self.sock.sendall(out)
-        conn = ClientConnection()
-        conn.handshake_done = True  # the handshake above replaces its own
-        conn._out.clear()
-        conn.connect("live", "rtmp://127.0.0.1/live")
-        conn.create_stream()
-        conn.play(1, name)
-        self.sock.sendall(conn.data_to_send())
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(5)
+        sock.connect(("127.0.0.1", port))
+        sock.setblocking(False)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.client = connect(f"rtmp://127.0.0.1:{port}/live", sock=sock, max_queued=1)
+        self._first: asyncio.Future[Message] | None = None
+        asyncio.run_coroutine_threadsafe(self._start(name), self.loop).result(10)
+
+    async def _start(self, name: str) -> None:
+        await self.client.open()
+        # The play is sent and its first message awaited in the background, never the next.
+        self._first = asyncio.ensure_future(anext(aiter(self.client.play(name))))
+        await asyncio.wait_for(self.client.started.wait(), 10)
+
+    async def _stop(self) -> None:
+        await self.client.abort()
+        if self._first is not None:
+            self._first.cancel()
+            with contextlib.suppress(BaseException):
+                await self._first
 
     def close(self) -> None:
-        self.sock.close()
+        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
 
 
 def test_stalled_player_is_bounded_and_others_and_recording_stay_complete(tmp_path: Path) -> None:

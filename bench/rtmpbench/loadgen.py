@@ -23,6 +23,11 @@ What the generator does, and why it is cheap enough to measure nginx-rtmp rather
   server may rebase a player's timestamps, but the deltas must be the publisher's), and how
   far behind real time it arrives (against the publisher's clock).
 
+- `FlvPlayer` does the same checks on the FLV tags of an HTTP-FLV response, `Probe` reads on
+  every arrival and times each message from its publisher's write (the latency figure, run in
+  its own process by `probe.py`), and `memory` takes RSS growth per publisher, per player and
+  per player that stopped reading. `section2.py` runs every figure of issue 13 in one go.
+
 A level fails when the server's core is above `--max-cpu` (95%), a publisher's send buffer has
 not drained for more than `--max-block` s, a player is more than `--max-lag` s behind real time,
 or anything is lost (an error above, a closed connection, a client that could not connect).
@@ -292,6 +297,8 @@ class Conn(asyncio.Protocol):
         self.hs_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.exp: dict[int, list[Any]] = {}
         self.batched = False
+        self.stalled = False
+        """Never resumed by `Run._reads`: a player that stops reading (the memory figure)."""
         self.g: int | None = None
         """Player: the index in the source's order of the next message, when aligned."""
         self.k = 0
@@ -599,6 +606,10 @@ class Publisher(Conn):
         self.blocked_since: float | None = None
         self.max_blocked = 0.0
         self.live = False
+        self.sends: list[int] | None = None
+        """When a latency probe watches this publisher: the end (global index, loop *
+        len(order) + index in the loop, exclusive) of each write, and `sent_at` its time."""
+        self.sent_at: list[float] = []
 
     def on_lost(self, exc: Exception | None) -> None:
         if self.live:
@@ -635,6 +646,9 @@ class Publisher(Conn):
             in_loop = elapsed - self.loop * period
             j = bisect.bisect_right(times, in_loop)
             if j > self.next:
+                if self.sends is not None:
+                    self.sends.append(self.loop * len(times) + j)
+                    self.sent_at.append(now)
                 if self.loop == 0:
                     off = src.offsets_first
                     tr.write(memoryview(src.blob_first)[off[self.next] : off[j]])
@@ -646,6 +660,14 @@ class Publisher(Conn):
                 return
             self.loop += 1
             self.next = 0
+
+    def sent(self, g: int) -> float | None:
+        """When the message of global index `g` was written (None: not recorded)."""
+        sends = self.sends
+        if sends is None:
+            return None
+        i = bisect.bisect_right(sends, g)
+        return self.sent_at[i] if i < len(sends) else None
 
     def position_ms(self, now: float) -> float:
         """The media time (ms, from the first loop's start) due now."""
@@ -663,6 +685,8 @@ class Player(Conn):
         # self.exp, per type: [next index, loop, ts base, crc list or None, (csid, chunk)]
         self.last_abs = -1.0
         self.count = 0
+        self.top = -1
+        """The global index (loop * len(order) + index) of the newest message checked."""
         self.live = False
         self.fast_media = self._fast
 
@@ -710,6 +734,9 @@ class Player(Conn):
         src = self.src
         gm = src.pos_of[type_id][i]
         k = e[1]
+        top = k * len(src.order) + gm
+        if top > self.top:
+            self.top = top
         i += 1
         if i == len(tr.rel):
             i = 0
@@ -759,6 +786,9 @@ class Player(Conn):
                     st[3] = meta[3]
                     st[6] = None
         gm, km = (g - 1, k) if g > 0 else (len(src.order) - 1, k - 1)
+        top = km * len(src.order) + gm
+        if top > self.top:
+            self.top = top
         abs_ms = km * period + src.times[gm]
         if abs_ms > self.last_abs:
             self.last_abs = abs_ms
@@ -795,6 +825,127 @@ class Player(Conn):
         if self.last_abs < 0:
             return float("inf")
         return (self.pub.position_ms(now) - self.last_abs) / 1000.0
+
+
+class Probe(Player):
+    """A player that reads on every arrival (never paused) and takes, for every message it
+    checked, the time from the publisher's write of it to its arrival: the relay latency,
+    with the server at whatever load the other clients put on it."""
+
+    def __init__(self, stats: Stats, app: str, name: str, src: Source, pub: Publisher) -> None:
+        super().__init__(stats, app, name, src, pub)
+        self.label = f"probe of {name}"
+        self.delays: list[float] | None = None
+        """Seconds per message, while a window records them (None: not recording)."""
+
+    def data_received(self, data: bytes) -> None:
+        before = self.top
+        super().data_received(data)
+        delays = self.delays
+        if delays is None or self.top <= before or before < 0:
+            return
+        now = time.monotonic()
+        sent = self.pub.sent
+        for g in range(before + 1, self.top + 1):
+            at = sent(g)
+            if at is not None:
+                delays.append(now - at)
+
+
+class FlvPlayer(Player):
+    """An HTTP-FLV player (`GET /app/name.flv`, HTTP/1.0 so that the body is the FLV stream
+    itself, not chunked): the same checks of every media message as an RTMP player, on FLV
+    tags. A tag is checked against the source by one `bytes.startswith` at its payload's
+    offset (no copy); anything else is copied out and checked the long way."""
+
+    def __init__(
+        self, stats: Stats, app: str, name: str, src: Source, pub: Publisher, port: int
+    ) -> None:
+        super().__init__(stats, app, name, src, pub)
+        self.label = f"HTTP-FLV player of {name}"
+        self.connect_port = port
+        self.flv_started = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        request = f"GET /{self.app}/{self.name}.flv HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+        transport.write(request.encode())  # type: ignore[attr-defined]
+
+    async def start(self, port: int, timeout: float) -> None:
+        self.live = True
+        await asyncio.wait_for(self.hs_done, timeout)
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        buf = self.buf + data if self.buf else data
+        if not self.handshaken:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > 16384:
+                    self.fail("protocol", "no end of the HTTP response header in 16 KiB")
+                else:
+                    self.buf = buf
+                return
+            status = buf[: buf.find(b"\r\n")]
+            if b" 200 " not in status + b" ":
+                self.fail("connect", f"HTTP response {status[:80]!r}")
+                if not self.hs_done.done():
+                    self.hs_done.set_exception(ConnectionError(repr(status[:80])))
+                return
+            self.handshaken = True
+            buf = buf[end + 4 :]
+            if not self.hs_done.done():
+                self.hs_done.set_result(None)
+        try:
+            self.buf = self.parse_flv(buf)
+        except Exception as err:  # a bug of ours: counted as a loss, not hidden
+            self.fail("generator error", f"{type(err).__name__}: {err}")
+            return
+        if self.batched and self.transport is not None:
+            self.transport.pause_reading()
+
+    def parse_flv(self, buf: bytes) -> bytes:
+        n = len(buf)
+        pos = 0
+        if not self.flv_started:
+            if n < 13:
+                return buf
+            if buf[:3] != b"FLV":
+                self.fail("protocol", f"not an FLV stream: {buf[:9]!r}")
+                return b""
+            pos = 9 + 4  # header, PreviousTagSize0
+            self.flv_started = True
+        exp = self.exp
+        tracks = self.src.tracks
+        while pos + 11 <= n:
+            t = buf[pos]
+            size = (buf[pos + 1] << 16) | (buf[pos + 2] << 8) | buf[pos + 3]
+            end = pos + 15 + size
+            if end > n:
+                break
+            ts = (buf[pos + 7] << 24) | (buf[pos + 4] << 16) | (buf[pos + 5] << 8) | buf[pos + 6]
+            if (
+                (buf[end - 4] << 24) | (buf[end - 3] << 16) | (buf[end - 2] << 8) | buf[end - 1]
+            ) != (size + 11):
+                self.fail("protocol", f"PreviousTagSize of a {size} B tag is not {size + 11}")
+                return b""
+            if t == 8 or t == 9:
+                e = exp.get(t)
+                if e is not None:
+                    tr = tracks[t]
+                    expect = tr.payloads[e[0]]
+                    if len(expect) == size and buf.startswith(expect, pos + 11):
+                        self._advance(t, e, tr, ts)
+                        pos = end
+                        continue
+                self.media_message(t, ts, buf[pos + 11 : pos + 11 + size])
+                if self.closed:
+                    return b""
+            elif t != 18:
+                self.fail("protocol", f"FLV tag of type {t}")
+                return b""
+            pos = end
+        return buf[pos:] if pos < n else b""
 
 
 # --- one run: a server, growing load ------------------------------------------------------
@@ -847,9 +998,11 @@ rtmp {{
 """
 
 
-def capacity_spec(name: str, record: bool) -> ServerSpec:
+def capacity_spec(name: str, record: bool, http_port: int = 0) -> ServerSpec:
     """The bench's server `name`, pinned to core 0, with its connection limits raised and
-    (unless `record`) recording off: capacity is about relaying."""
+    (unless `record`) recording off: capacity is about relaying. Ours with `http_port`: its
+    HTTP side on 127.0.0.1:http_port (the statistics sink on every publish, HTTP-FLV);
+    otherwise `--http ""` as in every other figure."""
     base = servers.spec(name)
 
     if name == "nginx-rtmp":
@@ -876,7 +1029,19 @@ def capacity_spec(name: str, record: bool) -> ServerSpec:
             extra = ["--max-connections", "19000", "--max-connections-per-ip", "0"]
             if not record:
                 extra.append("--no-record")
+            if http_port:  # the last --http wins over ours_args' `--http ""`
+                extra += ["--http", f"127.0.0.1:{http_port}"]
             return [*argv, *extra]
+
+    elif name == "node-media-server":
+
+        def command(work: Path, port: int, rec: Path) -> list[str]:
+            argv = base.command(work, port, rec)
+            conf = work / "nms.json"
+            config = json.loads(conf.read_text())
+            config["record"]["auto"] = record
+            conf.write_text(json.dumps(config, indent=2))
+            return argv
 
     else:
         command = base.command
@@ -885,6 +1050,19 @@ def capacity_spec(name: str, record: bool) -> ServerSpec:
         return ["taskset", "-c", "0", *command(work, port, rec)]
 
     return ServerSpec(base.name, base.can_play, pinned, env=base.env, available=base.available)
+
+
+def unpinned(spec: ServerSpec, no_pin: bool) -> ServerSpec:
+    """`spec` without its `taskset` when `no_pin`."""
+    if not no_pin:
+        return spec
+    return ServerSpec(
+        spec.name,
+        spec.can_play,
+        lambda w, p, r, c=spec.command: c(w, p, r)[3:],
+        env=spec.env,
+        available=spec.available,
+    )
 
 
 def _gen_cpu() -> tuple[float, float]:
@@ -926,7 +1104,7 @@ class Run:
         while True:
             await asyncio.sleep(interval)
             for c in self.players:
-                if c.batched and not c.closed and c.transport is not None:
+                if c.batched and not c.stalled and not c.closed and c.transport is not None:
                     c.transport.resume_reading()
 
     async def _connect(self, conns: list[Any], timeout: float) -> None:
@@ -943,8 +1121,9 @@ class Run:
                     left = deadline - loop.time()
                     if left <= 0:
                         raise TimeoutError(f"the step's connects took over {timeout:g} s")
+                    port = getattr(c, "connect_port", None) or self.port
                     await asyncio.wait_for(
-                        loop.create_connection(lambda: c, "127.0.0.1", self.port), left
+                        loop.create_connection(lambda: c, "127.0.0.1", port), left
                     )
                     await asyncio.wait_for(c.start(self.port, timeout), max(0.1, left))
                 except Exception as err:
@@ -963,20 +1142,38 @@ class Run:
         await self._connect(new, self.args.timeout)
         self.publishers.extend(new)
 
-    async def add_players(self, n: int, streams: list[Publisher]) -> None:
-        new = []
+    async def add_players(
+        self, n: int, streams: list[Publisher], via: str = "rtmp", http_port: int = 0
+    ) -> list[Player]:
+        """`n` players spread evenly over `streams`: RTMP (`via` "rtmp"), HTTP-FLV on
+        `http_port` ("flv"), or latency probes that read on every arrival ("probe")."""
+        new: list[Player] = []
         for i in range(n):
             pub = streams[(len(self.players) + i) % len(streams)]
-            new.append(Player(self.stats, "live", pub.name, self.src, pub))
-            new[-1].replay = self.replay
+            if via == "flv":
+                c: Player = FlvPlayer(self.stats, "live", pub.name, pub.src, pub, http_port)
+            elif via == "probe":
+                c = Probe(self.stats, "live", pub.name, pub.src, pub)
+            else:
+                c = Player(self.stats, "live", pub.name, pub.src, pub)
+                c.replay = self.replay
+            new.append(c)
         await self._connect(new, self.args.timeout)
         for c in new:
-            c.batched = self.args.read_interval > 0
+            c.batched = self.args.read_interval > 0 and via != "probe"
         self.players.extend(new)
+        return new
 
-    async def measure(self, label: tuple[int, int], errors_before: dict[str, int]) -> Level:
+    async def measure(
+        self,
+        label: tuple[int, int],
+        errors_before: dict[str, int],
+        window_start: Callable[[], None] | None = None,
+    ) -> Level:
         args = self.args
         await asyncio.sleep(args.settle)
+        if window_start is not None:
+            window_start()
         for p in self.publishers:
             p.max_blocked = 0.0
             if p.blocked_since is not None:
@@ -1065,21 +1262,34 @@ def _show(kind: str, lv: Level) -> None:
 
 
 async def ramp(
-    args: argparse.Namespace, src: Source, spec: ServerSpec, kind: str, work: Path
+    args: argparse.Namespace,
+    src: Source,
+    spec: ServerSpec,
+    kind: str,
+    work: Path,
+    *,
+    streams: int = 1,
+    via: str = "rtmp",
+    http_port: int = 0,
+    steps: list[int] | None = None,
+    tag: str = "",
 ) -> list[Level]:
-    """One server from scratch: grow publishers (kind "publishers") or players of one stream
-    (kind "players") through the steps until a level fails."""
-    running = spec.start(work / f"{spec.name}-{kind}")
+    """One server from scratch: grow publishers (kind "publishers", one stream each) or
+    players (kind "players", spread evenly over `streams` publishers, over RTMP or, `via`
+    "flv", HTTP-FLV) through the steps until a level fails."""
+    name = f"{kind}{tag}"
+    running = spec.start(work / f"{spec.name}-{name}")
     levels: list[Level] = []
     run = Run(args, src, running.port, running.pid)
     try:
         run.ticker = asyncio.create_task(run._tick())
         run.reader = asyncio.create_task(run._reads())
         if kind == "players":
-            await run.add_publishers(1)
+            await run.add_publishers(streams)
             await asyncio.sleep(1.0)
         have = 0
-        steps = args.publisher_steps if kind == "publishers" else args.player_steps
+        if steps is None:
+            steps = args.publisher_steps if kind == "publishers" else args.player_steps
         for level in steps:
             errors_before = dict(run.stats.errors)
             if kind == "publishers":
@@ -1089,12 +1299,12 @@ async def ramp(
                     await run.add_players(probes, run.publishers[:probes])
                 label = (level, len(run.players))
             else:
-                await run.add_players(level - have, run.publishers[:1])
-                label = (1, level)
+                await run.add_players(level - have, run.publishers, via, http_port)
+                label = (streams, level)
             have = level
             lv = await run.measure(label, errors_before)
             levels.append(lv)
-            _show(f"{spec.name} {kind}", lv)
+            _show(f"{spec.name} {name}", lv)
             if not lv.held or not running.alive():
                 break
     finally:
@@ -1105,14 +1315,205 @@ async def ramp(
     return levels
 
 
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def latency(
+    args: argparse.Namespace,
+    src: Source,
+    spec: ServerSpec,
+    work: Path,
+    players: int,
+    media_path: Path,
+) -> dict[str, Any]:
+    """Relay latency under load: one publisher and `--probes` probes that read on every
+    arrival, in a process of their own (`probe.py`: stamped there, not behind this process's
+    load), and `players` players of the same stream here (the load); over the window, the time
+    from the publisher's write of each message to a probe's arrival of it, every message of
+    every probe. p50 / p99 / max in ms, and the level as a ramp's."""
+    running = spec.start(work / f"{spec.name}-latency")
+    run = Run(args, src, running.port, running.pid)
+    stream = "lat0"
+    argv = [
+        sys.executable,
+        "-m",
+        "rtmpbench.probe",
+        str(running.port),
+        stream,
+        str(media_path),
+        str(max(1, args.probes)),
+        str(args.window),
+        *("--tick", str(args.tick), "--timeout", str(args.timeout)),
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    doc: dict[str, Any] = {}
+    try:
+        run.reader = asyncio.create_task(run._reads())
+        line = await asyncio.wait_for(proc.stdout.readline(), args.timeout + 10)
+        if not line.startswith(b"T0 "):
+            raise RuntimeError(f"the probe process said {line[:200]!r}")
+        pub = Publisher(run.stats, "live", stream, src)
+        pub.t0 = float(line.split()[1])  # CLOCK_MONOTONIC: the same in both processes
+        await asyncio.sleep(1.0)
+        errors_before = dict(run.stats.errors)
+        await run.add_players(players, [pub])
+
+        def start() -> None:
+            assert proc.stdin is not None
+            proc.stdin.write(b"GO\n")
+
+        lv = await run.measure((1, players + max(1, args.probes)), errors_before, start)
+        line = await asyncio.wait_for(proc.stdout.readline(), args.timeout + 10)
+        doc = json.loads(line)
+        for kind, count in doc["errors"].items():
+            lv.errors[kind] = lv.errors.get(kind, 0) + count
+        if doc["errors"]:
+            lv.held = False
+            lv.why = f"{lv.why}; probes lost: {doc['errors']}".removeprefix("held; ")
+        lv.examples = [*run.stats.examples, *doc["examples"]]
+    finally:
+        if proc.returncode is None:
+            proc.stdin.close()
+            try:
+                await asyncio.wait_for(proc.wait(), 5)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        await run.close()
+        running.stop()
+    _show(f"{spec.name} latency", lv)
+    ms = [d * 1000 for d in doc.get("delays", [])]
+    out = {
+        "players": players,
+        "probes": max(1, args.probes),
+        "messages": len(ms),
+        "p50_ms": _pct(ms, 0.50),
+        "p99_ms": _pct(ms, 0.99),
+        "max_ms": max(ms) if ms else float("nan"),
+        "level": asdict(lv),
+    }
+    _log(
+        f"  {spec.name} latency at {players} players: p50 {out['p50_ms']:.2f} ms, "
+        f"p99 {out['p99_ms']:.2f} ms, max {out['max_ms']:.2f} ms over {len(ms)} messages"
+    )
+    return out
+
+
+async def memory(
+    args: argparse.Namespace, src: Source, spec: ServerSpec, work: Path, n: int, stalled: int
+) -> dict[str, Any]:
+    """RSS growth of the server tree per connection at a fixed level, each on a fresh server:
+    `n` real-time publishers (one stream each); `n` players of one publisher's stream; then,
+    on the same server, `stalled` more players that read nothing after their first read (a
+    player that stopped reading: what the server keeps queued for it, up to its bound)."""
+    out: dict[str, Any] = {"n": n, "stalled": stalled}
+    for kind in ("publishers", "players"):
+        running = spec.start(work / f"{spec.name}-memory-{kind}")
+        run = Run(args, src, running.port, running.pid)
+        try:
+            run.ticker = asyncio.create_task(run._tick())
+            run.reader = asyncio.create_task(run._reads())
+            if kind == "players":
+                await run.add_publishers(1)
+            await asyncio.sleep(args.settle + 1.0)
+            rss0 = procs.rss_bytes(running.pid)
+            errors_before = dict(run.stats.errors)
+            if kind == "publishers":
+                await run.add_publishers(n)
+                label = (n, 0)
+            else:
+                await run.add_players(n, run.publishers)
+                label = (1, n)
+            lv = await run.measure(label, errors_before)
+            rss1 = procs.rss_bytes(running.pid)
+            _show(f"{spec.name} memory {kind}", lv)
+            out[kind] = {
+                "rss_before": rss0,
+                "rss_after": rss1,
+                "kib_per_conn": (rss1 - rss0) / n / 1024,
+                "level": asdict(lv),
+            }
+            if kind == "players" and stalled:
+                new = await run.add_players(stalled, run.publishers)
+                for c in new:
+                    c.stalled = True
+                peak = rss1
+                for _ in range(int(args.stall_seconds * 4)):
+                    await asyncio.sleep(0.25)
+                    peak = max(peak, procs.rss_bytes(running.pid))
+                rss2 = procs.rss_bytes(running.pid)
+                out["stalled_players"] = {
+                    "rss_before": rss1,
+                    "rss_after": rss2,
+                    "rss_peak": peak,
+                    "kib_per_conn": (rss2 - rss1) / stalled / 1024,
+                    "peak_kib_per_conn": (peak - rss1) / stalled / 1024,
+                    "seconds": args.stall_seconds,
+                }
+        finally:
+            await run.close()
+            running.stop()
+    stall = out.get("stalled_players", {})
+    _log(
+        f"  {spec.name} memory: {out['publishers']['kib_per_conn']:.0f} KiB per publisher, "
+        f"{out['players']['kib_per_conn']:.0f} KiB per player"
+        + (
+            f", {stall['kib_per_conn']:.0f} KiB per stalled player after "
+            f"{stall['seconds']:g} s (peak {stall['peak_kib_per_conn']:.0f})"
+            if stall
+            else ""
+        )
+    )
+    return out
+
+
+async def load_once(
+    args: argparse.Namespace,
+    src: Source,
+    spec: ServerSpec,
+    work: Path,
+    publishers: int,
+    players: int,
+) -> Level:
+    """One level on a fresh server: `publishers` publishers (one stream each, at least 1)
+    and `players` players of the first stream (the statistics' cost, on and off)."""
+    running = spec.start(work)
+    run = Run(args, src, running.port, running.pid)
+    try:
+        run.ticker = asyncio.create_task(run._tick())
+        run.reader = asyncio.create_task(run._reads())
+        errors_before = dict(run.stats.errors)
+        await run.add_publishers(max(1, publishers))
+        await asyncio.sleep(1.0)
+        await run.add_players(players, run.publishers[:1])
+        lv = await run.measure((max(1, publishers), players), errors_before)
+        lv.examples = list(run.stats.examples)
+    finally:
+        await run.close()
+        running.stop()
+    return lv
+
+
 def _steps(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
-        prog="python -m rtmpbench.loadgen", description=__doc__.split("\n\n")[0]
-    )
+    return build_parser().parse_args(argv)
+
+
+def build_parser(
+    prog: str = "python -m rtmpbench.loadgen", description: str | None = None
+) -> argparse.ArgumentParser:
+    """The generator's options (`section2` adds its own to them)."""
+    ap = argparse.ArgumentParser(prog=prog, description=description or __doc__.split("\n\n")[0])
     ap.add_argument("--servers", default="nginx-rtmp,ours+uvloop")
     ap.add_argument("--only", default="publishers,players", help="publishers, players or both")
     ap.add_argument(
@@ -1157,6 +1558,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="connect/publish/play timeout, s, and the time a step's connects may take",
     )
     ap.add_argument("--connect-concurrency", type=int, default=64)
+    ap.add_argument(
+        "--stall-seconds",
+        type=float,
+        default=8.0,
+        help="memory figure: how long the stalled players read nothing before RSS is taken",
+    )
     ap.add_argument("--record", action="store_true", help="servers record every publish")
     ap.add_argument("--media-seconds", type=float, default=10.0)
     ap.add_argument("--mbit", type=int, default=3)
@@ -1165,7 +1572,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--out", type=Path, default=None, help="JSON results file")
     ap.add_argument("--work", type=Path, default=BENCH / "results" / "tmp" / "capacity")
-    return ap.parse_args(argv)
+    return ap
 
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
@@ -1176,15 +1583,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     )
     out: dict[str, Any] = {"results": {}}
     for name in args.servers.split(","):
-        spec = capacity_spec(name, args.record)
-        if args.no_pin:
-            spec = ServerSpec(
-                spec.name,
-                spec.can_play,
-                lambda w, p, r, c=spec.command: c(w, p, r)[3:],
-                env=spec.env,
-                available=spec.available,
-            )
+        spec = unpinned(capacity_spec(name, args.record), args.no_pin)
         why = spec.available()
         if why:
             _log(f"{name}: skipped ({why})")

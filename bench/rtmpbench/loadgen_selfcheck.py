@@ -3,6 +3,9 @@ at one message (left out, one payload bit flipped, or its timestamp delta 1 ms l
 players that must each report it (results/2026-12-02/checkcheck.log).
 
     PYTHONPATH=bench:src python -m rtmpbench.loadgen_selfcheck nginx-rtmp none,drop,flip,ts
+    PYTHONPATH=bench:src python -m rtmpbench.loadgen_selfcheck ours+uvloop none,drop,flip,ts flv
+
+With `flv` (ours only) the 20 players are HTTP-FLV players.
 """
 
 import asyncio
@@ -31,7 +34,9 @@ async def one(kind):
     elif kind == "ts":
         blob[lo + 3] += 1  # the low byte of its type-1 header's timestamp delta
     bad.blob_loop = bytes(blob)
-    spec = L.capacity_spec(sys.argv[1], False)
+    flv = sys.argv[3:4] == ["flv"]
+    http_port = L.procs.free_port() if flv else 0
+    spec = L.capacity_spec(sys.argv[1], False, http_port)
     r = spec.start(args.work / "selfcheck")
     run = L.Run(args, src, r.port, r.pid)
     run.ticker = asyncio.create_task(run._tick())
@@ -39,7 +44,7 @@ async def one(kind):
     await run.add_publishers(1)
     run.publishers[0].src = bad
     await asyncio.sleep(0.5)
-    await run.add_players(20, run.publishers)
+    await run.add_players(20, run.publishers, "flv" if flv else "rtmp", http_port)
     await asyncio.sleep(17)  # into the second loop, where the bad blob is sent
     print(
         kind,

@@ -270,3 +270,216 @@ def chart(results: Results, path: Path, title: str) -> bool:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return True
+
+
+# --- capacity per core (issue 13, section 2: `section2.py`) ---------------------------------
+
+_CAPACITY_FIGURES = (
+    ("publishers", "real-time publishers per core, 3 Mbit/s"),
+    ("publishers_1M", "real-time publishers per core, 1 Mbit/s"),
+    ("players", "players per core, one 3 Mbit/s stream"),
+    ("players_10", "players per core, spread over 10 streams of 3 Mbit/s"),
+    (
+        "players_flv",
+        "players per core over HTTP-FLV, one 3 Mbit/s stream (ours; ratio: to its RTMP players)",
+    ),
+)
+
+
+def _num(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _cell(value: float, fmt: str, ref: float | None) -> str:
+    if math.isnan(value):
+        return "n/a"
+    text = fmt.format(value)
+    if ref is not None and not math.isnan(ref) and ref > 0:
+        text += f" ({value / ref:.2f}x)"
+    return text
+
+
+def _held_level(fig: dict[str, Any]) -> dict[str, Any] | None:
+    held = [lv for lv in fig.get("levels", []) if lv["held"]]
+    return held[-1] if held else None
+
+
+def capacity_summary(res: dict[str, Any]) -> dict[str, float]:
+    """The single figures of one server's section-2 results (nan where missing)."""
+    out: dict[str, float] = {}
+    for key, _ in _CAPACITY_FIGURES:
+        fig = res.get(key)
+        out[key] = math.nan if fig is None else float(fig["held"])
+    ingest = res.get("ingest")
+    out["ingest"] = ingest["cpu_s_per_gb"] if ingest and ingest.get("complete") else math.nan
+    lat = res.get("latency") or {}
+    out["p50"] = _num(lat.get("p50_ms"))
+    out["p99"] = _num(lat.get("p99_ms"))
+    mem = res.get("memory") or {}
+    for kind in ("publishers", "players", "stalled_players"):
+        out[f"mem_{kind}"] = _num((mem.get(kind) or {}).get("kib_per_conn"))
+    nogop = res.get("memory_nogop") or {}
+    for kind in ("publishers", "players"):
+        out[f"nogop_{kind}"] = _num((nogop.get(kind) or {}).get("kib_per_conn"))
+    stats = res.get("stats") or {}
+    for variant in ("off", "on"):
+        runs = stats.get(variant) or []
+        out[f"stats_{variant}"] = _median([lv["server_cpu"] for lv in runs]) if runs else math.nan
+    return out
+
+
+def capacity_markdown(doc: dict[str, Any]) -> str:
+    """The section-2 table (ratios to nginx-rtmp) and every level of every ramp."""
+    results: dict[str, dict[str, Any]] = doc["results"]
+    names = list(results)
+    sums = {n: capacity_summary(results[n]) for n in names}
+    base = sums.get(BASELINE)
+    args = doc.get("args", {})
+    lines = [
+        f"# Capacity per core, {doc.get('started', '?')}"
+        + (" (--quick: a check of the harness, not figures)" if args.get("quick") else ""),
+        "",
+        f"Machine: {doc.get('machine', '?')}; loopback; load average "
+        f"{doc.get('load_before', [0])[0]:.2f} before, {doc.get('load_after', [0])[0]:.2f} "
+        f"after; {doc.get('minutes', '?')} min. Servers pinned to core 0, the generator "
+        f"(`rtmpbench.loadgen`, one uvloop process) to core 1; windows of {args.get('window')} s "
+        f"after {args.get('settle')} s of settling; a level fails when the server's core is above "
+        f"{args.get('max_cpu')}%, a publisher is blocked more than {args.get('max_block')} s, a "
+        f"player is more than {args.get('max_lag')} s behind, or anything is lost. In parentheses: "
+        "the ratio to nginx-rtmp (above 1: more connections, or more CPU, memory or delay).",
+        "",
+        "| figure | " + " | ".join(names) + " |",
+        "| --- |" + " --- |" * len(names),
+    ]
+
+    def row(label: str, key: str, fmt: str, ratio: bool = True, ref_key: str = "") -> None:
+        """`ref_key`: the nginx-rtmp figure the ratio is to, when not `key`'s own."""
+        cells = []
+        for n in names:
+            ref = None
+            if ratio and base is not None and n != BASELINE:
+                ref = base[ref_key or key]
+            cells.append(_cell(sums[n][key], fmt, ref))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    def at_top(key: str) -> None:
+        cells = []
+        for n in names:
+            fig = results[n].get(key)
+            lv = _held_level(fig) if fig else None
+            if lv is None:
+                cells.append("n/a" if fig is None else f"none held: {fig.get('limit')}")
+                continue
+            exhausted = fig.get("limit") == "steps exhausted"
+            cells.append(
+                f"server {lv['server_cpu']:.0f}%, generator {lv['gen_cpu']:.0f}%; "
+                + ("the steps ran out" if exhausted else f"next: {fig.get('limit')}")
+            )
+        lines.append("| ... at that level, and what stopped the next | " + " | ".join(cells) + " |")
+
+    row("ingest: server CPU s per GB (20 Mbit/s FLV, no -re, recorded)", "ingest", "{:.2f}")
+    for key, label in _CAPACITY_FIGURES:
+        if key == "players_flv":
+            cells = []
+            for n in names:
+                own = sums[n]["players"]
+                cells.append(_cell(sums[n][key], "{:.0f}", own))
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        else:
+            row(label, key, "{:.0f}")
+        at_top(key)
+    level_cells = []
+    for n in names:
+        lat = results[n].get("latency")
+        level_cells.append(f"{lat['players']} players + {lat['probes']} probes" if lat else "n/a")
+    lines.append(
+        "| relay latency: load (half the players per core) | " + " | ".join(level_cells) + " |"
+    )
+    row("relay latency p50, ms", "p50", "{:.2f}")
+    row("relay latency p99, ms", "p99", "{:.2f}")
+    row(
+        f"memory per publisher, KiB (RSS growth, {args.get('memory_connections')} publishers)",
+        "mem_publishers",
+        "{:.0f}",
+    )
+    row(
+        f"memory per player, KiB ({args.get('memory_connections')} players of one stream)",
+        "mem_players",
+        "{:.0f}",
+    )
+    row(
+        f"memory per stalled player, KiB ({args.get('stalled')} players reading nothing for "
+        f"{args.get('stall_seconds')} s)",
+        "mem_stalled_players",
+        "{:.0f}",
+    )
+    row(
+        "memory per publisher, KiB, GOP cache off (ours: `--gop-cache-messages 0`)",
+        "nogop_publishers",
+        "{:.0f}",
+        ref_key="mem_publishers",
+    )
+    row(
+        "memory per player, KiB, GOP cache off (ours)",
+        "nogop_players",
+        "{:.0f}",
+        ref_key="mem_players",
+    )
+    cells = []
+    for n in names:
+        st = results[n].get("stats")
+        s = sums[n]
+        if not st or math.isnan(s["stats_off"]):
+            cells.append("n/a")
+            continue
+        diff = s["stats_on"] - s["stats_off"]
+        cells.append(
+            f"{st['publishers']} publishers + {st['players']} players: {s['stats_off']:.1f}% -> "
+            f"{s['stats_on']:.1f}% of a core ({diff:+.1f} points, "
+            f"{s['stats_on'] / s['stats_off'] - 1:+.0%})"
+            if s["stats_off"] > 0
+            else "n/a"
+        )
+    lines.append(
+        '| statistics\' cost: server CPU with `--http ""` -> the HTTP side on (ours) | '
+        + " | ".join(cells)
+        + " |"
+    )
+    notes = [f"- {n}: {e}" for n in names for e in results[n].get("errors", [])]
+    if notes:
+        lines += ["", "Notes from this run:", "", *notes]
+    lines += ["", "## Every level", ""]
+    header = (
+        "| level (publishers/players) | server % (user/sys) | generator % (user/sys) | "
+        "publisher blocked s | player lag s | players' Mbit/s | server RSS MB | result |"
+    )
+    for n in names:
+        for key, label in (
+            *_CAPACITY_FIGURES,
+            ("latency", "relay latency"),
+            ("memory", "memory"),
+            ("memory_nogop", "memory, GOP cache off"),
+            ("stats", "statistics' cost (off, then on)"),
+        ):
+            fig = results[n].get(key)
+            if not fig:
+                continue
+            if key == "latency":
+                levels = [fig["level"]]
+            elif key in ("memory", "memory_nogop"):
+                levels = [fig[k]["level"] for k in ("publishers", "players") if k in fig]
+            elif key == "stats":
+                levels = [*fig["off"], *fig["on"]]
+            else:
+                levels = fig["levels"]
+            lines += [f"{n}, {label}:", "", header, "| --- " * 8 + "|"]
+            for lv in levels:
+                lines.append(
+                    f"| {lv['publishers']}/{lv['players']} | {lv['server_cpu']:.0f} "
+                    f"({lv['server_user']:.0f}/{lv['server_sys']:.0f}) | {lv['gen_cpu']:.0f} "
+                    f"({lv['gen_user']:.0f}/{lv['gen_sys']:.0f}) | {lv['max_blocked']:.1f} | "
+                    f"{lv['max_lag']:.1f} | {lv['mbit_in']:.0f} | {lv['server_rss_mb']:.0f} | "
+                    f"{lv['why']} |"
+                )
+            lines.append("")
+    return "\n".join(lines) + "\n"

@@ -15,14 +15,19 @@ and feeds the sans-IO `ClientConnection` (`protocol/client.py`), the matching of
 clean close (deleteStream, then close). A status of level error, or an `_error` answer,
 raises `StatusError` naming the server's code and description; bytes that break the protocol
 raise `ClientError` from the `RemoteProtocolError` behind them.
+
+For tests, monitors and benchmarks, a subclass may override `event_received`, which sees every
+command and message the server sends, in order (User Control, statuses after the start, ...);
+`conn` is the sans-IO connection, for commands this module has no method for (then `flush()`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket as _socket
 import ssl as _ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -31,12 +36,11 @@ from urllib.parse import urlsplit
 from .logs import get_logger
 from .protocol.client import ClientCommand, ClientConnection
 from .protocol.errors import RemoteProtocolError
-from .protocol.messages import AUDIO, DATA_AMF0, DATA_AMF3, VIDEO, Message, MessageType
+from .protocol.messages import AUDIO, DATA_AMF0, DATA_AMF3, VIDEO, Message
 
 log = get_logger(__name__)
 
 DEFAULT_PORTS = {"rtmp": 1935, "rtmps": 443}
-USER_CONTROL = int(MessageType.USER_CONTROL)
 READ_SIZE = 256 * 1024
 
 
@@ -104,8 +108,10 @@ class Client:
         chunk_size: int = 4096,
         max_queued: int = 256,
         connect_extra: dict[str, Any] | None = None,
+        sock: _socket.socket | None = None,
     ) -> None:
         self.url = URL.parse(url)
+        self._sock = sock
         if self.url.tls and ssl is None:
             ssl = _ssl.create_default_context()
         self._ssl = ssl if self.url.tls else None
@@ -119,34 +125,32 @@ class Client:
         self._status: asyncio.Queue[ClientCommand] = asyncio.Queue()
         # Media and data of the stream being played: bounded, so a slow consumer slows the
         # reading of the socket (TCP back-pressure) rather than growing memory.
-        self._media: asyncio.Queue[Message | ClientCommand | None] = asyncio.Queue(max_queued)
+        self._media: asyncio.Queue[Message | None] = asyncio.Queue(max_queued)
         self._failure: ClientError | None = None
-        self._play_error: StatusError | None = None  # an error status that ended a play
         self.stream_id = 0
+        self._stream_used = False  # a publish or play was sent on `stream_id`
+        self._playing = False  # a play() is on: its media are queued for it
+        self._play_on = False  # NetStream.Play.Start came
+        self._play_error: StatusError | None = None  # an error status after it
         self._publishing = ""
         self.closed = asyncio.Event()
         # Set once the publish or play is answered with its Start status (a play is then on
         # at the server even before the first message comes).
         self.started = asyncio.Event()
         self.connect_result: ClientCommand | None = None
-        # Told of every onStatus; during a play, in order with the messages it yields (called
-        # by the play's iterator before the messages that came after it): a relay that plays
-        # from another server ends its stream on NetStream.Play.UnpublishNotify after the
-        # last message of that stream, not before.
-        self.on_status: Callable[[ClientCommand], None] | None = None
-        # Told of every User Control message (Stream Begin, Stream EOF, ...) of a play, in
-        # order with its messages: nginx-rtmp ends a play's stream with Stream EOF alone.
-        self.on_control: Callable[[Message], None] | None = None
 
     # --- connection ----------------------------------------------------------------------
 
     async def open(self) -> None:
         """Open the socket (TLS for rtmps://), handshake, and connect to the application."""
         u = self.url
+        where: dict[str, Any] = (
+            {"sock": self._sock} if self._sock is not None else {"host": u.host, "port": u.port}
+        )
         try:
             self._reader, self._writer = await asyncio.wait_for(
                 asyncio.open_connection(
-                    u.host, u.port, ssl=self._ssl, server_hostname=u.host if self._ssl else None
+                    ssl=self._ssl, server_hostname=u.host if self._ssl else None, **where
                 ),
                 self.timeout,
             )
@@ -177,6 +181,26 @@ class Client:
                 await self._task
         self.closed.set()
 
+    async def abort(self) -> None:
+        """Close the socket with no deleteStream: the server sees the connection drop, as
+        when an encoder or a player goes away without a word. Returns once the server has
+        closed its side too (or after `timeout`)."""
+        if self._writer is not None:
+            self._writer.close()
+        if self._task is not None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.timeout
+            while not self._task.done() and loop.time() < deadline:
+                # What a play has not taken is dropped, so that a reader blocked on a full
+                # queue goes on to the server's end of the connection.
+                while not self._media.empty():
+                    self._media.get_nowait()
+                await asyncio.wait({self._task}, timeout=0.05)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.closed.set()
+
     async def __aenter__(self) -> Client:
         try:
             await self.open()
@@ -192,6 +216,11 @@ class Client:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    @property
+    def failure(self) -> ClientError | None:
+        """Why the connection ended: refused, broken, closed by the server; None while open."""
+        return self._failure
 
     # --- publish -------------------------------------------------------------------------
 
@@ -221,14 +250,44 @@ class Client:
         self.conn.send_metadata(self.stream_id, metadata)
         await self._flush()
 
+    def send_raw(self, data: bytes) -> None:
+        """Write chunks framed elsewhere (a relay's fan-out, `server/push.py`) at once, without
+        waiting for the socket: the caller bounds what it writes with `buffered()`. Each
+        message must start with a type-0 header (at `conn.out_chunk_size`, for `stream_id`),
+        and a connection that sends raw chunks does not also use `send_media` or
+        `send_metadata` (their chunk streams would share header state)."""
+        self._check()
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            raise ClientError(f"{self.url.host}:{self.url.port}: not connected")
+        pending = self.conn.data_to_send()  # acknowledgements first, in order
+        writer.write(pending + data if pending else data)
+
+    def buffered(self) -> int:
+        """Bytes written but not yet taken by the socket."""
+        writer = self._writer
+        return 0 if writer is None else writer.transport.get_write_buffer_size()
+
+    async def send_data(self, timestamp: int, payload: bytes) -> None:
+        """One AMF0 data message (18) as it is: a cue point, an `onMetaData` of a file."""
+        await self.send_media(DATA_AMF0, timestamp, payload)
+
+    async def set_chunk_size(self, size: int) -> None:
+        """Send Set Chunk Size and chunk what follows at `size` bytes (128 .. 2**31-1)."""
+        if not 1 <= size < 2**31:
+            raise ValueError(f"chunk size {size}: expected 1 .. 2**31-1")
+        self.conn.set_chunk_size(size)
+        await self._flush()
+
     # --- play ----------------------------------------------------------------------------
 
     async def play(self, name: str, start: float = -2.0) -> AsyncIterator[Message]:
         """Play `name`: yields its audio, video and data `Message`s once NetStream.Play.Start
         came, until the server closes the connection or ends the play (Play.Stop or
-        Play.Complete). A status of level error, before or after Play.Start, raises
-        `StatusError`."""
+        Play.Complete). A status of level error, before the start or after it (such as
+        StreamNotFound when the publisher stayed away), raises `StatusError`."""
         await self._create_stream()
+        self._playing = True
         self.conn.play(self.stream_id, name, start)
         await self._flush()
         await self._wait_status("play", ("NetStream.Play.Start",))
@@ -238,14 +297,6 @@ class Client:
                 item = None  # the end marker did not fit in a full queue
             else:
                 item = await self._media.get()
-            if isinstance(item, ClientCommand):
-                if self.on_status is not None:
-                    self.on_status(item)
-                continue
-            if item is not None and item.type_id == USER_CONTROL:
-                if self.on_control is not None:
-                    self.on_control(item)
-                continue
             if item is None:
                 if self._play_error is not None:
                     raise self._play_error
@@ -253,6 +304,40 @@ class Client:
                     raise self._failure
                 return
             yield item
+
+    # --- stream commands -----------------------------------------------------------------
+
+    async def create_stream(self) -> int:
+        """createStream now (publish and play make one when there is none): the stream id.
+        For owners that send their own publish or play through `conn`."""
+        if not self.stream_id:
+            await self._create_stream()
+            self._stream_used = False
+        return self.stream_id
+
+    async def send_command(self, name: str, *args: Any) -> None:
+        """A command on the stream whose answer is not awaited (statuses come to
+        `event_received`): pause, receiveVideo, seek, ..."""
+        self.conn.call(name, None, *args, stream_id=self.stream_id)
+        await self._flush()
+
+    async def pause(self, paused: bool, position: float = 0.0) -> None:
+        """`pause` the play (True) or resume it (False) at `position` ms."""
+        await self.send_command("pause", paused, position)
+
+    async def receive_video(self, enabled: bool) -> None:
+        await self.send_command("receiveVideo", enabled)
+
+    async def receive_audio(self, enabled: bool) -> None:
+        await self.send_command("receiveAudio", enabled)
+
+    async def flush(self) -> None:
+        """Send what the connection has queued (commands sent through `conn`)."""
+        await self._flush()
+
+    def event_received(self, item: ClientCommand | Message) -> None:
+        """Called with every command and message from the server, in order, before this
+        client handles it. Does nothing; override it to observe the connection."""
 
     # --- internals -----------------------------------------------------------------------
 
@@ -290,6 +375,9 @@ class Client:
         return reply
 
     async def _create_stream(self) -> None:
+        if self.stream_id and not self._stream_used:
+            self._stream_used = True  # made by create_stream(): publish or play use it
+            return
         if self.stream_id:
             raise ClientError("one stream per client: this one already has a stream")
         result = await self._call("createStream", self.conn.create_stream())
@@ -300,6 +388,7 @@ class Client:
         if sid is None or not 0 < sid < 2**32:
             raise ClientError(f"createStream: answer {result.args!r}, expected a stream id")
         self.stream_id = int(sid)
+        self._stream_used = True
 
     async def _wait_status(self, command: str, success: tuple[str, ...]) -> None:
         loop = asyncio.get_running_loop()
@@ -352,39 +441,30 @@ class Client:
                 self._writer.close()
 
     async def _dispatch(self, item: ClientCommand | Message) -> None:
+        self.event_received(item)
         if isinstance(item, ClientCommand):
             fut = self._calls.get(item.transaction_id)
             if item.name in ("_result", "_error") and fut is not None and not fut.done():
                 fut.set_result(item)
             elif item.name == "onStatus":
                 self._status.put_nowait(item)
-                if self.on_status is not None:
-                    if self.started.is_set() and not self._publishing:
-                        await self._media.put(item)  # in order with the play's messages
-                    else:
-                        self.on_status(item)
                 info = item.info
                 code = info.get("code")
                 if code in ("NetStream.Play.Stop", "NetStream.Play.Complete"):
                     await self._media.put(None)
-                elif (
-                    info.get("level") == "error" and self.started.is_set() and not self._publishing
-                ):
-                    # After Play.Start: a server that waited for a publisher gives up
-                    # (NetStream.Play.StreamNotFound, as ours and SRS do): the play ends.
+                elif code == "NetStream.Play.Start":
+                    self._play_on = True
+                elif info.get("level") == "error" and self._playing and self._play_on:
+                    # After the start: the play is over at the server (StreamNotFound once
+                    # a publisher stayed away for its play_wait, a failed seek, ...).
                     self._play_error = StatusError(
                         "play", str(code), str(info.get("description", ""))
                     )
                     await self._media.put(None)
         elif (
-            item.type_id == USER_CONTROL
-            and self.on_control is not None
-            and self.started.is_set()
-            and not self._publishing
-        ) or (
             item.type_id in (AUDIO, VIDEO, DATA_AMF0, DATA_AMF3)
             and item.stream_id == self.stream_id
-            and not self._publishing
+            and self._playing
         ):
             await self._media.put(item)
 
@@ -411,13 +491,16 @@ def connect(
     timeout: float = 10.0,
     chunk_size: int = 4096,
     max_queued: int = 256,
+    sock: _socket.socket | None = None,
     **connect_extra: Any,
 ) -> Client:
     """A client for `url` (`rtmp://host[:port]/app` or `rtmps://...`), to use as
     `async with connect(url) as client:`. `ssl`: the context for rtmps:// (default: the
     system's trust store, host name checked). `timeout`: seconds for connecting and for each
-    answer awaited. `max_queued`: messages held for a player that is not reading.
-    `connect_extra`: more properties of the connect command object."""
+    answer awaited. `max_queued`: messages held for a player that is not reading. `sock`: a
+    socket already connected to the server (options such as SO_RCVBUF set before it
+    connected); the URL still names the app and tcUrl. `connect_extra`: more properties of
+    the connect command object."""
     return Client(
         url,
         ssl=ssl,
@@ -425,4 +508,5 @@ def connect(
         chunk_size=chunk_size,
         max_queued=max_queued,
         connect_extra=connect_extra,
+        sock=sock,
     )

@@ -154,6 +154,105 @@ class Listener:
         return cls(scheme, host, int(port_text))
 
 
+TRACKS: Final = ("default", "all")
+
+
+@dataclass(frozen=True)
+class PushTarget:
+    """Where a push (restream) sends a stream: `rtmp[s]://HOST[:PORT]/APP[?QUERY]`.
+
+    The stream is published there as the local stream's name, or as `name` when given (the
+    stream key of YouTube, Twitch, Facebook: their "server URL + stream key" form), with the
+    URL's query string kept after it (`NAME?QUERY`). Written as text: the URL, then options
+    separated by spaces (`rtmp://host/app name=KEY tracks=all`, as nginx-rtmp's `push`
+    directive takes them); in the file also as a table (`{url = "...", name = "KEY"}`).
+    """
+
+    url: str
+    """The server URL: rtmp:// or rtmps://, a host, an application (app or app/instance)."""
+    name: str = ""
+    """The stream name at the target; empty: the local stream's name."""
+    tracks: str = "default"
+    """Of an Enhanced RTMP multitrack publish: the default track only (as an ordinary
+    stream, for platforms without multitrack), or all tracks as they are."""
+
+    @classmethod
+    def parse(cls, value: Any) -> PushTarget:
+        """A target from its text or table (or a target); ValueError says what is wrong."""
+        if isinstance(value, PushTarget):
+            return value
+        if isinstance(value, str):
+            url, *options = value.split()
+            if not value.strip():
+                raise ValueError("empty")
+            kwargs: dict[str, Any] = {}
+            for option in options:
+                opt, eq, arg = option.partition("=")
+                if not eq or opt not in ("name", "tracks"):
+                    raise ValueError(f"option {opt!r}: expected name=KEY or tracks=all")
+                kwargs[opt] = arg
+            target = cls(url, **kwargs)
+        elif isinstance(value, Mapping):
+            unknown = set(value) - {"url", "name", "tracks"}
+            if unknown or not all(isinstance(v, str) for v in value.values()):
+                raise ValueError("a table of url, name, tracks (strings)")
+            if "url" not in value:
+                raise ValueError("no url")
+            target = cls(**value)
+        else:
+            raise ValueError(f"got {_type_name(value)}")
+        target.check()
+        return target
+
+    def check(self) -> None:
+        scheme, sep, rest = self.url.partition("://")
+        if not sep or scheme.lower() not in SCHEMES:
+            raise ValueError("not rtmp:// or rtmps://")
+        host, _, path = rest.partition("/")
+        if not host or host.startswith(":"):
+            raise ValueError("no host")
+        if not path.partition("?")[0].strip("/"):
+            raise ValueError("no application (rtmp://HOST/APP)")
+        if self.tracks not in TRACKS:
+            raise ValueError(f"tracks={self.tracks!r}: expected default or all")
+        if any(c.isspace() for c in self.name) or "?" in self.name:
+            raise ValueError("a name has no spaces and no query string")
+
+    def split(self, local_name: str) -> tuple[str, str]:
+        """(the URL to connect to, without the query; the name to publish, with it)."""
+        base, _, query = self.url.partition("?")
+        name = self.name or local_name
+        return base.rstrip("/"), f"{name}?{query}" if query else name
+
+    def text(self) -> str:
+        """The text form (what `parse` reads back)."""
+        options = [f"name={self.name}"] if self.name else []
+        if self.tracks != "default":
+            options.append(f"tracks={self.tracks}")
+        return " ".join([self.url, *options])
+
+
+def hide_secrets(text: str) -> str:
+    """A push target's text for a log or an error: the values of its query string and of a
+    name= option hidden (stream keys)."""
+    out = []
+    for word in text.split(" "):
+        if word.startswith("name="):
+            word = "name=***"
+        elif "?" in word:
+            base, _, query = word.partition("?")
+            word = (
+                base
+                + "?"
+                + "&".join(
+                    f"{k}=***" if eq else "***"
+                    for k, eq, _v in (q.partition("=") for q in query.split("&"))
+                )
+            )
+        out.append(word)
+    return " ".join(out)
+
+
 POLICIES: Final = ("allow", "deny", "key", "callback")
 
 
@@ -191,6 +290,9 @@ class AppConfig:
     pull_static: list[str] = field(default_factory=list, metadata=_meta("apps", "url_list"))
     """Streams pulled from an origin at all times, each rtmp[s]://HOST[:PORT]/APP/NAME,
     published here as NAME (reconnecting with backoff, see `pull_retry_max`)."""
+    push: list[PushTarget] = field(default_factory=list, metadata=_meta("apps", "push_list"))
+    """Push (restream) every stream published here to these targets, as URL/NAME (see
+    `PushTarget`), in addition to the `push` of [push]."""
 
 
 @dataclass
@@ -307,6 +409,23 @@ class ServerConfig:
     pull_max: int = _key("pull", 256, kind="int", lo=1, hi=1_000_000)
     """Pulls at once, on demand and static: a play that would start one more is not pulled
     (it waits `play_wait` as for a stream not published)."""
+    # [push]
+    push: dict[str, list[PushTarget]] = field(
+        default_factory=dict, metadata=_meta("push", "push_map")
+    )
+    """Push (restream) every stream published to APP to URL/NAME, as APP=URL (repeatable;
+    options after the URL: name=KEY for a fixed stream key, tracks=all); in the file a table
+    APP = [URL, ...]."""
+    push_backoff_min: float = _key("push", 1.0, kind="float", lo=0.01)
+    """Seconds before a push reconnects after its first failure; doubled after each one."""
+    push_backoff_max: float = _key("push", 30.0, kind="float", lo=0.01)
+    """Most seconds between two reconnects of a push; a push that lasted this long starts
+    again from push_backoff_min."""
+    push_max_buffer: int = _key("push", 4 * MiB, kind="int", lo=1, hi=1 << 40)
+    """Bytes queued for one push target above which it drops to the next keyframe (the
+    publisher and the other targets never wait for it)."""
+    push_timeout: float = _key("push", 10.0, kind="float", lo=0.01)
+    """Seconds a push target has to accept the connection and to answer each command."""
     # [access]
     on_connect: str = _key("access", "", kind="str", empty=True)
     """HTTP callback URL that decides each connect (every application); empty: none."""
@@ -378,6 +497,7 @@ SECTIONS: Final = (
     "publish",
     "pull",
     "play",
+    "push",
     "access",
     "webhook",
     "http",
@@ -405,6 +525,8 @@ _KIND_NAMES: Final = {
     "url": "an rtmp[s]://HOST[:PORT]/APP URL",
     "url_list": "a list of rtmp[s]://HOST[:PORT]/APP/NAME URLs",
     "app_urls": "a list of APP=rtmp[s]://HOST[:PORT]/APP",
+    "push_list": "a list of push targets (rtmp[s]://HOST/APP [name=KEY] [tracks=all])",
+    "push_map": "APP=URL items, or a table of APP = [URL, ...] (push targets)",
 }
 
 
@@ -572,6 +694,23 @@ class Key:
                 if problem:
                     raise bad(f"{_show(item)}: {problem}")
             return list(value)
+        if kind == "push_list":
+            if not isinstance(value, list):
+                raise bad()
+            return [self._target(item, bad) for item in value]
+        if kind == "push_map":
+            if isinstance(value, list):  # APP=URL items (the flags)
+                table: dict[str, list[Any]] = {}
+                for item in value:
+                    app, eq, url = item.partition("=") if isinstance(item, str) else ("", "", "")
+                    if not eq or not app or "://" in app:
+                        shown = _show(hide_secrets(item)) if isinstance(item, str) else item
+                        raise ConfigError(self.name, f"got {shown} (not APP=URL)", self.accepted())
+                    table.setdefault(app, []).append(url)
+                value = table
+            if not isinstance(value, dict) or not all(isinstance(v, list) for v in value.values()):
+                raise bad()
+            return {app: [self._target(t, bad) for t in urls] for app, urls in value.items()}
         if kind == "listen":
             if not isinstance(value, list):
                 raise bad()
@@ -587,6 +726,14 @@ class Key:
                     ) from None
             return out
         raise AssertionError(kind)
+
+    def _target(self, item: Any, bad: Callable[[str], ConfigError]) -> PushTarget:
+        try:
+            return PushTarget.parse(item)
+        except ValueError as err:
+            # Named without its secrets (a stream key in the name or the query).
+            shown = _show(hide_secrets(item)) if isinstance(item, str) else _type_name(item)
+            raise ConfigError(self.name, f"got {shown} ({err})", self.accepted()) from None
 
     def _range(self, value: float, bad: Callable[[str], ConfigError]) -> None:
         if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
@@ -912,6 +1059,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         shown = key.default
         if key.kind == "listen":
             shown = "rtmp://HOST:PORT"
+        elif key.kind == "push_map":
+            shown = None
         shows = shown is not None and not isinstance(shown, bool)
         default = f" (default {_show(shown)})" if shows else ""
         text = (key.help + default).replace("%", "%%")
@@ -924,7 +1073,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 default=argparse.SUPPRESS,
                 help=text,
             )
-        elif key.kind in ("listen", "app_urls"):
+        elif key.kind in ("listen", "app_urls", "push_map"):
             group.add_argument(
                 key.flag,
                 dest=key.name,
@@ -964,7 +1113,7 @@ def values_from_args(args: argparse.Namespace) -> dict[str, Any]:
         raw = getattr(args, key.name)
         if key.kind == "bool":
             values[key.name] = bool(raw)
-        elif key.kind in ("listen", "app_urls"):
+        elif key.kind in ("listen", "app_urls", "push_map"):
             try:
                 values[key.name] = key.check(list(raw))
             except ConfigError as err:
@@ -1018,6 +1167,8 @@ def _toml(value: Any) -> str:
         return json.dumps(value)
     if isinstance(value, Listener):
         return json.dumps(value.url)
+    if isinstance(value, PushTarget):
+        return json.dumps(value.text())
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     if isinstance(value, dict):

@@ -118,6 +118,7 @@ def stream_json(side: HttpServer, stream: Stream) -> dict[str, Any]:
         "recording": _recording(stream),
         "health": health,
         "warnings": warnings,
+        "push": [p.status() for p in side.rtmp.pushes.of(stream.app, stream.name)],
     }
 
 

@@ -7,6 +7,12 @@ what the relay queued to aiohttp. The play access rules apply as to RTMP play: t
 applications, CIDR lists, play keys (`?token=` or `?key=` in the query) and the on_play
 callback, through the server's `AccessControl`.
 
+A player of a stream that is not published yet waits as an RTMP player does: the relay keeps
+it `waiting` for up to `RelayConfig.play_wait` seconds. Its response has not started then (no
+status line): a publish that starts (`publish_notify`) starts it as a 200 with the FLV, and
+`not_found` after `play_wait` answers 404, so a player that asks before the encoder is up
+gets the stream as soon as it is.
+
 Bytes the relay queued but the writer has not handed to the socket yet count as buffered for
 the slow-player rule, as the socket's own buffer does: a player that stops reading makes its
 response's queue grow, and the relay then drops it to the next keyframe.
@@ -27,6 +33,7 @@ from ..protocol.messages import DATA_AMF0
 from ..server.access import Request
 
 if TYPE_CHECKING:
+    from ..server.relay import Player
     from .server import HttpServer
 
 log = get_logger(__name__)
@@ -61,6 +68,7 @@ class HTTPFLVPlayer:
         self._queued = 0
         self._wake = asyncio.Event()
         self.ended = False
+        self.not_found_reason = ""  # set when the relay gave up waiting for a publisher
         self.connected = time.time()
 
     # --- Output ------------------------------------------------------------------------
@@ -93,7 +101,9 @@ class HTTPFLVPlayer:
         return self._queued + socket
 
     def publish_notify(self, sid: int, name: str) -> None:
-        pass  # FLV has no such message: the tags just go on
+        # FLV has no such message: the tags just go on. A response still waiting for its
+        # publisher starts now (`wait_publish`).
+        self._wake.set()
 
     def unpublish_notify(self, sid: int, name: str) -> None:
         pass
@@ -102,6 +112,7 @@ class HTTPFLVPlayer:
         self.end()
 
     def not_found(self, sid: int, name: str, description: str) -> None:
+        self.not_found_reason = description
         self.end()
 
     # --- the response ------------------------------------------------------------------
@@ -116,6 +127,20 @@ class HTTPFLVPlayer:
         transport = self.request.transport
         if transport is not None:
             transport.close()
+
+    async def wait_publish(self, p: Player) -> bool:
+        """Wait while the relay keeps `p` waiting for a publisher; whether one came (False:
+        `play_wait` ran out, the server is closing, or the client left)."""
+        while p.waiting and not self.closed:
+            try:
+                # Once a second anyway, to notice a client that left (as in `run`).
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+            except TimeoutError:
+                continue
+            self._wake.clear()
+        # Anything queued by the join stays queued; `run` is woken for it.
+        self._wake.set()
+        return not p.waiting and not self.closed
 
     async def run(self, response: web.StreamResponse) -> None:
         """Write what the relay queues until the play ends or the client leaves."""
@@ -190,12 +215,17 @@ async def play_flv(request: web.Request) -> web.StreamResponse:
             "Access-Control-Allow-Origin": "*",
         }
     )
-    p = relay.add_player(player, app, name)
+    p = relay.add_player(player, app, name, wait=True)
     if p is None:
         return web.json_response({"error": f"{name} is not published"}, status=404)
     why = "disconnected"
     PLAYERS.add(player)
     try:
+        if p.waiting and not await player.wait_publish(p):
+            if player.not_found_reason:
+                return web.json_response({"error": player.not_found_reason}, status=404)
+            why = "ended" if player.ended else "disconnected"
+            return web.json_response({"error": f"{name}: the play ended"}, status=503)
         await response.prepare(request)
         # The header announces both tracks: players then wait for the sequence headers the
         # join sends first (ffmpeg and mpegts.js probe by the tags, not by these flags).

@@ -8,6 +8,7 @@ process, as in the tests, do not share series); the process metrics (CPU, memory
 descriptors) are prometheus-client's own collectors. The one series that cannot be read at
 scrape time, the access callbacks' latency, is a histogram fed by an `AccessControl.on_callback`
 observer that this module adds with the routes and removes when the application is cleaned up.
+The pushes of the live streams have their series per target, read the same way.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from ..server.push import Push, PushState
 
 if TYPE_CHECKING:
     from .server import HttpServer
@@ -111,6 +114,8 @@ class ServerCollector(Collector):
         yield from (bytes_in, bytes_out, frames, players, bitrate_in, bitrate_out, duration)
         yield from (fps, key_iv, drift, ratio, jumps, backward, dropped)
 
+        yield from _push_metrics(rtmp.pushes.all())
+
         states: Counter[str] = Counter()
         relay = rtmp.relay
         playing = {id(p.session) for p in relay.players()} if relay is not None else set()
@@ -167,6 +172,36 @@ class ServerCollector(Collector):
             "HTTP requests refused for a missing or wrong bearer token",
             value=side.refused_requests,
         )
+
+
+def _push_metrics(pushes: list[Push]) -> Iterator[Metric]:
+    """Per push target of the live streams: its index among the stream's targets and its
+    URL without the stream key label it (two targets may differ only by their key)."""
+    labels = ["app", "stream", "target", "url"]
+    state = GaugeMetricFamily(
+        "rtmp2_push_state", "1 for the push target's current state", labels=[*labels, "state"]
+    )
+    sent = CounterMetricFamily("rtmp2_push_bytes", "Bytes sent to the push target", labels=labels)
+    skipped = CounterMetricFamily(
+        "rtmp2_push_skipped_frames",
+        "Messages dropped (to the next keyframe) as the push target fell behind",
+        labels=labels,
+    )
+    reconnects = CounterMetricFamily(
+        "rtmp2_push_reconnects", "Reconnects to the push target", labels=labels
+    )
+    index: Counter[tuple[str, str]] = Counter()
+    for push in pushes:
+        key = (push.app, push.name)
+        lv = [push.app, push.name, str(index[key]), push.display]
+        index[key] += 1
+        for s in PushState:
+            if s is not PushState.STOPPED:
+                state.add_metric([*lv, s.value], 1.0 if push.state is s else 0.0)
+        sent.add_metric(lv, push.bytes)
+        skipped.add_metric(lv, push.skipped)
+        reconnects.add_metric(lv, push.reconnects)
+    yield from (state, sent, skipped, reconnects)
 
 
 def add_routes(app: web.Application, side: HttpServer) -> None:

@@ -112,6 +112,24 @@ SCHEMAS: Final[dict[str, Any]] = {
             "recording": _STR,
             "health": _ref("Health"),
             "warnings": {"type": "array", "items": {"type": "string"}},
+            "push": {"type": "array", "items": _ref("Push")},
+        }
+    ),
+    "Push": _obj(
+        {
+            "id": {"type": "integer"},
+            "url": {"type": "string", "description": "the target, its stream key hidden"},
+            "tracks": {"enum": ["default", "all"]},
+            "state": {"enum": ["connecting", "pushing", "backing off", "stopped"]},
+            "since": {"type": "number", "description": "Unix time of the last change of state"},
+            "error": {**_STR, "description": "why the last connection failed or ended"},
+            "bytes": {"type": "integer"},
+            "skipped_frames": {
+                "type": "integer",
+                "description": "messages dropped (to the next keyframe) as the target fell behind",
+            },
+            "skips": {"type": "integer"},
+            "reconnects": {"type": "integer"},
         }
     ),
     "StreamList": _obj({"streams": {"type": "array", "items": _ref("Stream")}}),

@@ -4,13 +4,15 @@ This module owns the listener's life (started and stopped with the RTMP server),
 token check, and the per-stream statistics: a `StreamStats` sink is attached to every publish
 when it starts (a registry observer) and forgotten when it stops, so the API and the metrics
 only ever see live streams. The routes themselves are in `api.py`, `metrics.py` and `flv.py`
-(HTTP-FLV playback).
+(HTTP-FLV playback); this module serves the dashboard (`/`) and its files (`/static/`, from
+the package's `static/` folder, where setup copies mpegts.js into `static/vendor/`).
 """
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -29,8 +31,19 @@ log = get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# Paths anyone may read: the API's own description.
-_PUBLIC = frozenset({"/api/v1/openapi.json"})
+# Paths anyone may read: the API's own description, and the dashboard's page and files (they
+# hold nothing secret; the page sends the API token the user gives it with each API call).
+_PUBLIC = frozenset({"/api/v1/openapi.json", "/"})
+_PUBLIC_PREFIX = "/static/"
+
+STATIC = Path(__file__).with_name("static")
+_TYPES = {
+    ".html": "text/html",
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".txt": "text/plain",
+    ".png": "image/png",
+}
 
 SIDE: web.AppKey[HttpServer] = web.AppKey("rtmp2")
 
@@ -94,15 +107,23 @@ class HttpServer:
         app[SIDE] = self
         api.add_routes(app)
         metrics.add_routes(app, self)
-        # Last: the API's paths are matched first.
+        # After the API's paths. "/static/x.flv" is still HTTP-FLV: no static file is an .flv.
         app.router.add_get("/{app}/{name}.flv", flv.play_flv)
+        app.router.add_get("/", dashboard)
+        app.router.add_get("/static/{path:.+}", static_file)
         return app
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         token = self.rtmp.config.api_token
         # HTTP-FLV is governed by the play rules (a token in the query), as RTMP play is.
-        if token and request.path not in _PUBLIC and not request.path.endswith(".flv"):
+        path = request.path
+        if (
+            token
+            and path not in _PUBLIC
+            and not path.startswith(_PUBLIC_PREFIX)
+            and not path.endswith(".flv")
+        ):
             given = request.headers.get("Authorization", "")
             scheme, _, value = given.partition(" ")
             ok = scheme.lower() == "bearer" and hmac.compare_digest(
@@ -160,3 +181,39 @@ class HttpServer:
         ):
             if fn in observers:
                 observers.remove(fn)
+
+
+# --- the dashboard ---------------------------------------------------------------------------
+
+
+async def dashboard(request: web.Request) -> web.StreamResponse:
+    return _file(request, "index.html")
+
+
+async def static_file(request: web.Request) -> web.StreamResponse:
+    return _file(request, request.match_info["path"])
+
+
+def _file(request: web.Request, name: str) -> web.StreamResponse:
+    """`name` under `STATIC`: only plain files of the known types, nothing outside it."""
+    parts = name.split("/")
+    suffix = Path(name).suffix
+    if any(p in ("", ".", "..") or p.startswith(".") for p in parts) or suffix not in _TYPES:
+        return web.json_response({"error": "not found"}, status=404)
+    path = STATIC.joinpath(*parts)
+    if not path.is_file():
+        if parts[0] == "vendor":
+            # The browser-side packages are not in git: setup installs them from npm.
+            log.warning(
+                "http %s: %s is missing: run scripts/setup.sh (npm ci, then the copy into %s)",
+                request.remote,
+                ascii(name),
+                STATIC / "vendor",
+            )
+            return web.json_response(
+                {"error": f"{name} is not installed: run scripts/setup.sh"}, status=404
+            )
+        return web.json_response({"error": "not found"}, status=404)
+    return web.FileResponse(
+        path, headers={"Content-Type": _TYPES[suffix], "Cache-Control": "no-cache"}
+    )

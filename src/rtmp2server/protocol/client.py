@@ -163,6 +163,10 @@ class ClientConnection(Endpoint):
         }
         return self.call("connect", obj)
 
+    def set_chunk_size(self, size: int) -> None:
+        """Send Set Chunk Size; what is sent after it is chunked at `size` bytes."""
+        self._set_out_chunk_size(size)
+
     def create_stream(self) -> float:
         return self.call("createStream", None)
 

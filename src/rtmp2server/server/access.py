@@ -177,6 +177,7 @@ class Decision:
     name: str = ""  # the public stream name (publish and play)
     reason: str = ""  # for the log
     record: bool | None = None  # a callback may turn recording on or off
+    push: tuple[Any, ...] = ()  # push targets a callback added for this publish (JSON `push`)
 
 
 class AccessControl:
@@ -398,6 +399,7 @@ def _json_answer(req: Request, status: int, body: bytes) -> Decision:
         return Decision(False, reason=f"callback answered {status}")
     name = req.name
     record: bool | None = None
+    push: tuple[Any, ...] = ()
     if body.strip():
         try:
             answer = json.loads(body)
@@ -410,7 +412,12 @@ def _json_answer(req: Request, status: int, body: bytes) -> Decision:
             rec = answer.get("record")
             if isinstance(rec, bool):
                 record = rec
-    return Decision(True, name, record=record)
+            # Push targets for this stream: URLs (or {url, name, tracks} objects), each
+            # checked when the push starts (a bad one is logged and left out).
+            targets = answer.get("push")
+            if isinstance(targets, list) and req.action == "publish":
+                push = tuple(targets)
+    return Decision(True, name, record=record, push=push)
 
 
 def _nginx_answer(req: Request, status: int, location: str) -> Decision:

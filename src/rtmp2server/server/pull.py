@@ -44,17 +44,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import ssl as _ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-from ..client import Client, ClientError, StatusError, connect
+from ..client import Client, ClientError, StatusError
 from ..logs import get_logger, redact_query
 from ..protocol.client import ClientCommand
-from ..protocol.messages import AUDIO, DATA_AMF0, VIDEO, Message, UserControlEvent
+from ..protocol.messages import AUDIO, DATA_AMF0, VIDEO, Message, MessageType, UserControlEvent
 from .recorder import RecordingError
 from .registry import Stream, StreamKey, StreamRegistry
 
@@ -70,6 +69,7 @@ CHECK_INTERVAL = 0.25  # seconds between two looks at whether a pull still has p
 # The origin's answer to play (as ours and nginx-rtmp send it): not part of the stream.
 _SAMPLE_ACCESS = b"\x02\x00\x11|RtmpSampleAccess"
 MAX_HELD_DATA = 16  # data messages held until the first frame of a publish
+USER_CONTROL = int(MessageType.USER_CONTROL)
 _ORIGIN_ENDED = ("NetStream.Play.UnpublishNotify", "NetStream.Play.Stop")
 
 PublishHandler = Callable[[Stream], "bool | Awaitable[bool]"]
@@ -95,6 +95,36 @@ def split_stream_url(url: str) -> tuple[str, str]:
     base, sep, query = url.partition("?")
     app, _, name = base.rstrip("/").rpartition("/")
     return app, name + (sep + query if query else "")
+
+
+# Queued by `_OriginClient` where the origin's publish ended, among the play's messages.
+_END = Message(2, 0, USER_CONTROL, 0, b"")
+
+
+def _ends_publish(item: ClientCommand | Message, stream_id: int) -> bool:
+    """Whether the origin says that the publish being played ended: UnpublishNotify (ours,
+    SRS; nginx-rtmp with `publish_notify on`) or User Control Stream EOF (all nginx-rtmp
+    sends by default)."""
+    if isinstance(item, ClientCommand):
+        return item.name == "onStatus" and item.info.get("code") in _ORIGIN_ENDED
+    payload = item.payload if item.type_id == USER_CONTROL else b""
+    return (
+        len(payload) >= 6
+        and int.from_bytes(payload[:2], "big") == UserControlEvent.STREAM_EOF
+        and int.from_bytes(payload[2:6], "big") == stream_id
+    )
+
+
+class _OriginClient(Client):
+    """The client of a pull: the end of the origin's publish comes out of `play()` as `_END`,
+    in order with its messages. (`event_received` sees it as it arrives, ahead of the frames
+    still queued for the play: releasing the local stream there would lose the publish's
+    last frames.)"""
+
+    async def _dispatch(self, item: ClientCommand | Message) -> None:
+        await super()._dispatch(item)
+        if self.started.is_set() and _ends_publish(item, self.stream_id):
+            await self._media.put(_END)
 
 
 class _Refused(Exception):
@@ -309,12 +339,14 @@ class Pull:
             self._release("origin connection closed")
 
     async def _play(self) -> None:
-        async with connect(self.url, ssl=self.ssl, timeout=self.timeout) as client:
-            client.on_status = self._on_status
-            client.on_control = functools.partial(self._on_control, client)
+        async with _OriginClient(self.url, ssl=self.ssl, timeout=self.timeout) as client:
             held: list[Message] = []
             base = 0
             async for msg in client.play(self.remote_name):
+                if msg is _END:
+                    self._release("the origin's publish ended")
+                    held = []
+                    continue
                 t = msg.type_id
                 stream = self.stream
                 if t == DATA_AMF0:
@@ -346,24 +378,6 @@ class Pull:
                         msg.csid, (msg.timestamp - base) & 0xFFFFFFFF, t, msg.stream_id, msg.payload
                     )
                 stream.deliver(msg)
-
-    def _on_status(self, status: ClientCommand) -> None:
-        # The origin's publish ended; the play goes on (a publisher may come back there),
-        # and an error status ends it (`Client.play` raises `StatusError`).
-        code = str(status.info.get("code", ""))
-        if code in _ORIGIN_ENDED:
-            self._release(f"origin: {code}")
-
-    def _on_control(self, client: Client, msg: Message) -> None:
-        # nginx-rtmp tells its players that a publish ended with Stream EOF alone (its
-        # UnpublishNotify needs `publish_notify on`).
-        payload = msg.payload
-        if (
-            len(payload) >= 6
-            and int.from_bytes(payload[:2], "big") == UserControlEvent.STREAM_EOF
-            and int.from_bytes(payload[2:6], "big") == client.stream_id
-        ):
-            self._release("origin: Stream EOF")
 
     # --- the local stream ------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from ..logs import get_logger
 from ..protocol.messages import AUDIO, VIDEO, Message
@@ -57,6 +57,8 @@ class Stream:
     data_messages: int = 0
     bytes: int = 0
     ended: bool = False
+    # Push targets of this publish alone (the on_publish callback's answer; `server/push.py`).
+    push: list[Any] = field(default_factory=list)
     # Flow control towards the publisher, set by its session: a sink that cannot keep up
     # pauses reading from the publisher's socket (TCP back-pressure) instead of dropping.
     pause_reading: Callable[[], None] = field(default=lambda: None, repr=False)

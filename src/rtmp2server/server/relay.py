@@ -218,6 +218,7 @@ class Player:
         "joined",
         "last",
         "limit",
+        "max_buffer",
         "multitrack",
         "name",
         "need_key",
@@ -257,6 +258,8 @@ class Player:
         self.floor = 0  # the out timestamp the current publish starts at
         self.last = [0, 0, 0]  # last out timestamp per kind (index: type id & 3)
         self.limit = limit
+        # Its own bound instead of `RelayConfig.player_max_buffer` (a push target's).
+        self.max_buffer: int | None = None
         self.dirty = False
         self.headers_sent: dict[tuple[int, int, int], Message] = {}
         self.timer: asyncio.TimerHandle | None = None
@@ -599,7 +602,7 @@ class Channel:
                 len(self.gop),
                 self.gop_bytes,
             )
-            p.limit = self.relay.config.player_max_buffer + self.gop_bytes
+            p.limit = (p.max_buffer or self.relay.config.player_max_buffer) + self.gop_bytes
         else:
             self._send_headers(p, _unique(self.headers.values()), p.floor)
             # No video yet (a player waiting when the publish starts): audio and configuration
@@ -659,7 +662,7 @@ class Channel:
                 p.dropped,
             )
             p.skipping = False
-            p.limit = self.relay.config.player_max_buffer
+            p.limit = p.max_buffer or self.relay.config.player_max_buffer
         p.need_key = p.video_key = False
         p.regate()
         stale = [e for k, e in self.headers.items() if p.headers_sent.get(k) is not e.msg]
@@ -770,7 +773,7 @@ class Channel:
             if p.skipping:
                 continue
             size = out.buffered()
-            base = self.relay.config.player_max_buffer
+            base = p.max_buffer or self.relay.config.player_max_buffer
             if p.limit > base and size <= base:
                 p.limit = base  # the join burst has drained
             if size > p.limit:
@@ -898,30 +901,38 @@ class Relay:
         if p.waiting and math.isfinite(wait):
             p.timer = asyncio.get_running_loop().call_later(wait, self._not_found, p)
 
-    def add_player(self, out: Output, app: str, name: str) -> Player | None:
+    def add_player(self, out: Output, app: str, name: str, *, wait: bool = False) -> Player | None:
         """Play the live stream app/name to `out` (a player that is not an RTMP session: an
-        HTTP-FLV response), with the same join (GOP cache) and slow-player rule as RTMP play.
-        None when nothing is published there (nor in a publisher gap): such players do not
-        wait. Its owner calls `remove_player` when it leaves."""
+        HTTP-FLV response, a subscription), with the same join (GOP cache) and slow-player
+        rule as RTMP play. None when nothing is published there (nor in a publisher gap),
+        unless `wait`: then it waits `play_wait` for a publisher as an RTMP play does
+        (`out.not_found` at the end; None when play_wait is 0). Its owner calls
+        `remove_player` when it leaves."""
         key = (app, name)
         channel = self.channels.get(key)
-        waiting = False
-        if channel is None or (channel.stream is None and not channel.gap):
-            # Unless a pull brings it: then the player waits for it as an RTMP one does.
-            wait = self.config.play_wait
-            if self.demand is None or wait <= 0 or not self.demand(app, name):
-                return None
-            waiting = True
-            if channel is None:
-                channel = self.channels[key] = Channel(self, key)
+        live = channel is not None and (channel.stream is not None or channel.gap)
+        play_wait = self.config.play_wait
+        if not live and play_wait > 0 and self.demand is not None and self.demand(app, name):
+            wait = True  # a pull brings it (`pull.py`): the player waits as an RTMP one does
+        if not live and (not wait or play_wait <= 0):
+            return None
         p = Player(out, 1, name, self.config.player_max_buffer)
-        p.waiting = waiting
-        log.info("play start: peer=%s app=%s stream=%s (%s)", p.peer, app, name, type(out).__name__)
+        if channel is None:
+            channel = self.channels[key] = Channel(self, key)
+        p.waiting = not live
+        log.info(
+            "play start: peer=%s app=%s stream=%s (%s)%s",
+            p.peer,
+            app,
+            name,
+            type(out).__name__,
+            " (waiting for a publisher)" if p.waiting else "",
+        )
         channel.add(p)
         if self.notify is not None:
             self.notify("play_start", app, name, p)
-        if waiting and math.isfinite(wait):
-            p.timer = asyncio.get_running_loop().call_later(wait, self._not_found, p)
+        if p.waiting and math.isfinite(play_wait):
+            p.timer = asyncio.get_running_loop().call_later(play_wait, self._not_found, p)
         return p
 
     def remove_player(self, p: Player, why: str) -> None:

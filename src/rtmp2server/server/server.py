@@ -33,9 +33,12 @@ from ..protocol.events import Connected, PlayRequest, PublishRequest, StreamClos
 from ..protocol.messages import Message
 from .access import AccessControl, Decision, Request, access_config
 from .pull import Pulls
+from .push import PushManager
 from .recorder import Recorder, RecordingError
 from .registry import Republish, Stream, StreamRegistry
 from .relay import Relay
+from .subscribe import Subscription
+from .subscribe import end_all as end_subscriptions
 from .webhooks import WebhookConfig, Webhooks
 
 if TYPE_CHECKING:
@@ -455,6 +458,7 @@ class Session(asyncio.BufferedProtocol):
         if not decision.allowed:
             raise Refused(f"Publishing {self.conn.app} is not allowed.", decision.reason)
         stream.name = decision.name
+        stream.push = list(decision.push)
         if not self._name_ok(stream.name):
             raise Refused("The stream name is too long.", "public name too long")
         if decision.record is False:
@@ -721,6 +725,8 @@ class RTMPServer:
         self.pulls = Pulls(self)
         if self.relay is not None:
             self.relay.demand = self.pulls.demand
+        # Push (restream): each publish forwarded to the targets of its app or its decision.
+        self.pushes = PushManager(self.registry, self.relay, self.config)
         self._server: asyncio.Server | None = None
         self._sessions: set[Session] = set()
         self._limit = self.config.max_connections
@@ -750,6 +756,7 @@ class RTMPServer:
         if self.relay is not None and new.relay is not None:
             self.relay.config = new.relay
         self.access.config = access_config(new)
+        self.pushes.config = new
         self.webhooks.config = WebhookConfig(url=new.webhook or None, secret=new.webhook_secret)
 
     def _notify_play(self, event: str, app: str, name: str, player: Any, **extra: Any) -> None:
@@ -757,6 +764,14 @@ class RTMPServer:
         self.webhooks.emit(
             event, app=app, stream=name, client={"ip": session.ip, "id": session.id}, **extra
         )
+
+    def subscribe(self, app: str, name: str, *, multitrack: bool = False) -> Subscription:
+        """An in-process player of app/name: `async for message in server.subscribe(...)`
+        yields its `Message`s as an RTMP player gets them (see `server/subscribe.py`);
+        `multitrack`: all tracks of E-RTMP multitrack streams, not only the default one."""
+        if self.relay is None:
+            raise RuntimeError("play is off on this server: nothing to subscribe to")
+        return Subscription(self.relay, app, name, multitrack=multitrack)
 
     def record_publish(self, stream: Stream) -> bool:
         """The default publish policy: accept, and record when a record dir is set."""
@@ -951,11 +966,14 @@ class RTMPServer:
         await self.pulls.close()
         if self._server is not None:
             self._server.close()
+        if self.relay is not None:
+            end_subscriptions(self.relay)
         for session in list(self._sessions):
             session.close("server shutdown")
             # At once, not when the transport gets to it: the recordings are finished even if
             # this coroutine is cancelled at its next await (Ctrl-C under asyncio.run).
             session.connection_lost(None)
+        await self.pushes.close()
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
