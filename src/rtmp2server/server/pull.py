@@ -24,11 +24,12 @@ repeats is logged once, not at each attempt.
 The local stream is claimed at the first frame from the origin, not at NetStream.Play.Start:
 nginx-rtmp answers a play of a stream it does not have with Play.Start and then sends nothing
 (it waits for a publisher), so a claim at Play.Start would hold players on a stream that never
-comes; they get StreamNotFound after `play_wait` instead. When the origin's publish ends
-(NetStream.Play.UnpublishNotify, User Control Stream EOF, which is all nginx-rtmp sends,
-Play.Stop, or the connection closing), the local stream is
-released: its players go through the relay's republish grace as for a publisher that left, and
-the pull plays again (the origin's publisher may be back), a new publish for the relay.
+comes; they get StreamNotFound after `play_wait` instead. Each local publish is rebased to
+start at timestamp zero at its first frame. When the origin's publish ends
+(NetStream.Play.UnpublishNotify; User Control Stream EOF, which is all nginx-rtmp sends;
+Play.Stop; the connection closing), the local stream is released, after the last frame the
+origin sent: its players go through the relay's republish grace as for a publisher that left,
+and the pull plays on (the origin's publisher may come back), a new publish for the relay.
 
 A local publish of a name being pulled is a republish (`StreamRegistry.republish`): with
 "takeover" (the default) the local publisher takes the name over and the pull ends (a static
