@@ -295,6 +295,30 @@ def test_http_flv_player_waits_for_the_pull_and_the_api_marks_the_stream(tmp_pat
         assert got == [p for t, _ts, p in media if t == kind]
 
 
+def test_an_in_process_subscription_pulls_on_demand(tmp_path: Path) -> None:
+    """`server.subscribe` (an `add_player(wait=True)` player) pulls on demand as a play does."""
+    media = frames(40)
+    got: list[Message] = []
+
+    async def consume(edge: RTMPServer) -> None:
+        async for msg in edge.subscribe("live", "cam"):
+            got.append(msg)
+            if len(av(got)) == len(media):
+                return
+
+    async def main() -> None:
+        origin = RTMPServer(origin_config(tmp_path))
+        async with origin, RTMPServer(edge_config(tmp_path, origin.port)) as edge:
+            task = asyncio.ensure_future(consume(edge))
+            await wait_for(lambda: origin_players(origin) == 1)
+            await publish(origin.port, "cam", media)
+            await asyncio.wait_for(task, 10)
+            await wait_for(lambda: origin_players(origin) == 0)
+
+    run(main())
+    assert_same_frames(got, media)
+
+
 # --- a local publish of a pulled name -------------------------------------------------------
 
 
