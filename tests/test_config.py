@@ -173,16 +173,11 @@ def test_cli_default_records_to_recordings() -> None:
 
 
 def _wrong_type(key: Key) -> Any:
-    return {
-        "int": "12",
-        "float": "x",
-        "bool": 1,
-        "str": 5,
-        "path": 5,
-        "listen": "rtmp://a:1",
-        "push_map": 5,
-        "app_urls": "live=rtmp://a/live",  # one string, not a list
-    }[key.kind]
+    wrong = {"int": "12", "float": "x", "bool": 1, "str": 5, "path": 5, "listen": "rtmp://a:1"}
+    wrong["app_urls"] = "live=rtmp://a/live"  # one string, not a list
+    wrong["workers"] = "two"  # a number or "auto"
+    wrong["push_map"] = 5
+    return wrong[key.kind]
 
 
 def _out_of_range(key: Key) -> list[Any]:
@@ -191,6 +186,8 @@ def _out_of_range(key: Key) -> list[Any]:
         return ["nope"]
     if key.kind == "listen":
         return [["http://a:1"], ["rtmp://a:99999"], [3]]
+    if key.kind == "workers":
+        return [-1, 257, 1.5]
     if key.kind == "app_urls":
         return [["rtmp://a/live"], ["live=http://a/live"], ["live=rtmp://a"], [3]]
     if key.kind == "push_map":

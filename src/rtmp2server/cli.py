@@ -282,12 +282,19 @@ def main(argv: list[str] | None = None) -> int:
     before, after = raise_fd_limit()
     if after != before:
         log.info("open file limit raised from %d to %d", before, after)
+    from . import workers  # --workers N: a supervisor here, or worker i (README "Workers")
+
+    index = workers.worker_index()
+    if index is None and workers.worker_count(cfg) > 1:
+        # Plain asyncio: the supervisor moves no media, and it spawns with pass_fds.
+        return asyncio.run(workers.supervise(argv, workers.worker_count(cfg)))
+    serve = run(cfg, args) if index is None else workers.run_worker(cfg, args, index)
     try:
         import uvloop  # optional speed-up
 
-        return uvloop.run(run(cfg, args))  # type: ignore[no-any-return]
+        return uvloop.run(serve)  # type: ignore[no-any-return]
     except ImportError:
-        return asyncio.run(run(cfg, args))
+        return asyncio.run(serve)
 
 
 if __name__ == "__main__":

@@ -345,6 +345,10 @@ class ServerConfig:
     """PEM certificate (chain) of the rtmps listeners."""
     tls_key: Path | None = field(default=None, metadata=_meta("server", "path"))
     """PEM private key of the rtmps listeners (unencrypted)."""
+    workers: int = _key("server", 1, kind="workers", lo=0, hi=256)
+    """Processes that accept on the same listeners (SO_REUSEPORT), each on its own core: a
+    number, or auto (0): one per CPU. Streams published to one are played from any other;
+    see README "Workers"."""
     # [limits]
     chunk_size: int = _key("limits", 4096, kind="int", lo=128, hi=16_777_215)
     """The chunk size we send with, in bytes (announced at connect): from 128, the initial
@@ -522,6 +526,7 @@ _KIND_NAMES: Final = {
     "str_list": "a list of strings",
     "cidr_list": "a list of addresses or CIDR networks",
     "key_map": "a table of stream name = key",
+    "workers": "auto, or a number of processes",
     "url": "an rtmp[s]://HOST[:PORT]/APP URL",
     "url_list": "a list of rtmp[s]://HOST[:PORT]/APP/NAME URLs",
     "app_urls": "a list of APP=rtmp[s]://HOST[:PORT]/APP",
@@ -597,7 +602,7 @@ class Key:
         if self.choices:
             return "one of " + ", ".join(self.choices)
         text = _KIND_NAMES[self.kind]
-        if self.kind in ("int", "float"):
+        if self.kind in ("int", "float", "workers"):
             if self.lo is not None and self.hi is not None:
                 text += f" from {_num(self.lo)} to {_num(self.hi)}"
             elif self.lo is not None:
@@ -637,6 +642,16 @@ class Key:
                 raise bad("not a number")
             if math.isinf(value) and (value < 0 or not self.inf):
                 raise bad("out of range")
+            self._range(value, bad)
+            return value
+        if kind == "workers":
+            # "auto" (or 0): one per CPU, counted when the server starts.
+            if value == "auto":
+                return 0
+            if isinstance(value, str) and value.isdigit():
+                value = int(value)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise bad()
             self._range(value, bad)
             return value
         if kind in ("str", "path"):
@@ -1101,7 +1116,9 @@ def _metavar(key: Key) -> str:
     if key.name.endswith("secret"):
         return "SECRET"
     # Every float key is a time in seconds.
-    return {"int": "N", "float": "SECONDS", "path": "PATH"}.get(key.kind, key.name.upper())
+    return {"int": "N", "float": "SECONDS", "path": "PATH", "workers": "N|auto"}.get(
+        key.kind, key.name.upper()
+    )
 
 
 def values_from_args(args: argparse.Namespace) -> dict[str, Any]:

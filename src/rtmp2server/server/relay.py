@@ -912,10 +912,14 @@ class Relay:
         channel = self.channels.get(key)
         live = channel is not None and (channel.stream is not None or channel.gap)
         play_wait = self.config.play_wait
-        if not live and play_wait > 0 and self.demand is not None and self.demand(app, name):
-            wait = True  # a pull brings it (`pull.py`): the player waits as an RTMP one does
-        if not live and (not wait or play_wait <= 0):
-            return None
+        if not live:
+            # A pull may bring it (`demand`, server/pull.py): then the player waits for it as
+            # an RTMP one does, asked to wait or not.
+            if play_wait <= 0:
+                return None
+            demanded = self.demand is not None and self.demand(app, name)
+            if not (wait or demanded):
+                return None
         p = Player(out, 1, name, self.config.player_max_buffer)
         if channel is None:
             channel = self.channels[key] = Channel(self, key)

@@ -462,7 +462,10 @@ class Session(asyncio.BufferedProtocol):
         if not self._name_ok(stream.name):
             raise Refused("The stream name is too long.", "public name too long")
         if decision.record is False:
-            return True  # the callback turned recording off for this stream
+            # The callback turned recording off for this stream; the name is still claimed
+            # where a gate says so (workers.py: across worker processes).
+            gate = self.server.publish_gate
+            return True if gate is None else await gate(stream)
         answer = self.server.publish_handler(stream)
         if isinstance(answer, Awaitable):
             answer = await answer
@@ -745,6 +748,12 @@ class RTMPServer:
         # (ChunkError, BudgetExceeded, AMFError, HandshakeError, ...), for the metrics.
         self.protocol_errors: collections.Counter[str] = collections.Counter()
         self.http: HttpServer | None = None  # the HTTP side, when config.http
+        # SO_REUSEPORT on the RTMP listeners (set before `start`): worker processes of
+        # `workers.py` bind the same port and the kernel spreads the accepts among them.
+        self.reuse_port = False
+        # Awaited instead of `publish_handler` when an access callback turned recording off
+        # for a publish: True accepts it (workers.py claims the name there too).
+        self.publish_gate: Callable[[Stream], Awaitable[bool]] | None = None
         # One receive buffer for all sessions: a read is copied out of it before the next.
         self._read_view = memoryview(bytearray(READ_SIZE))
 
@@ -901,6 +910,7 @@ class RTMPServer:
                         listener.host,
                         listener.port,
                         reuse_address=True,
+                        reuse_port=self.reuse_port or None,
                         backlog=128,
                     )
                 listeners.add(listener, server)
@@ -1069,6 +1079,8 @@ class _TLSListener:
         sock = socket.socket(family, kind, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if server.reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(address)
             sock.listen(128)
             sock.setblocking(False)
