@@ -12,18 +12,31 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
+import os
+import re
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import ClientSession
 
+import test_e2e_play as e2e
 from rtmp2server.client import Client, StatusError, connect
 from rtmp2server.config import AppConfig, ConfigError, parse_tree, resolve
+from rtmp2server.protocol import flv
 from rtmp2server.protocol.messages import AUDIO, VIDEO, Message
 from rtmp2server.server import RTMPServer, ServerConfig, Stream
 from rtmp2server.server.pull import redact_url, split_stream_url
-from support.server import free_port
+from support.clients import Publisher
+from support.nginx import NginxRTMP
+from support.server import ServerProcess, free_port, running_server
+from test_http import check
 from test_server import frames, recording, run, wait_for
 
 Media = list[tuple[int, int, bytes]]
@@ -242,6 +255,70 @@ def test_origin_ends_players_go_through_the_grace_and_the_next_publish(tmp_path:
     run(main())
 
 
+def test_http_flv_player_waits_for_the_pull_and_the_api_marks_the_stream(tmp_path: Path) -> None:
+    """An HTTP-FLV play (the relay's `add_player`) starts a pull on demand as an RTMP play
+    does, waits for it, and gets every frame; the API shows the stream as pulled."""
+    media = frames(60)
+
+    async def main() -> bytes:
+        origin_cfg = origin_config(tmp_path)
+        assert origin_cfg.relay is not None
+        origin_cfg.relay.republish_grace = 0
+        cfg = edge_config(tmp_path, 0, http="127.0.0.1:0")
+        assert cfg.relay is not None
+        cfg.relay.republish_grace = 0  # the response ends when the origin's publish does
+        async with RTMPServer(origin_cfg) as origin:
+            cfg.pull = [f"live=rtmp://127.0.0.1:{origin.port}/live?token=s3cret"]
+            async with RTMPServer(cfg) as edge, ClientSession() as http:
+                assert edge.http is not None
+                base = edge.http.url
+                # The response starts once the pulled stream does (a waiting HTTP-FLV player).
+                request = asyncio.ensure_future(http.get(f"{base}/live/cam.flv"))
+                await wait_for(lambda: origin_players(origin) == 1)
+                publisher = asyncio.ensure_future(publish(origin.port, "cam", media, 0.01))
+                async with await request as response:
+                    assert response.status == 200
+                    body = asyncio.ensure_future(response.read())
+                    async with http.get(f"{base}/api/v1/streams/live/cam") as r:
+                        doc = await r.json()
+                    check(doc, "/api/v1/streams/{app}/{name}")
+                    shown = f"rtmp://127.0.0.1:{origin.port}/live?token=***/cam"
+                    assert doc["publisher"]["pulled_from"] == shown
+                    assert doc["publisher"]["peer"] == shown
+                    await publisher
+                    return await asyncio.wait_for(body, 10)
+
+    data = run(main())
+    _, tags, _ = flv.parse_flv(data)
+    for kind in (VIDEO, AUDIO):
+        got = [t.body for t in tags if t.tag_type == kind]
+        assert got == [p for t, _ts, p in media if t == kind]
+
+
+def test_an_in_process_subscription_pulls_on_demand(tmp_path: Path) -> None:
+    """`server.subscribe` (an `add_player(wait=True)` player) pulls on demand as a play does."""
+    media = frames(40)
+    got: list[Message] = []
+
+    async def consume(edge: RTMPServer) -> None:
+        async for msg in edge.subscribe("live", "cam"):
+            got.append(msg)
+            if len(av(got)) == len(media):
+                return
+
+    async def main() -> None:
+        origin = RTMPServer(origin_config(tmp_path))
+        async with origin, RTMPServer(edge_config(tmp_path, origin.port)) as edge:
+            task = asyncio.ensure_future(consume(edge))
+            await wait_for(lambda: origin_players(origin) == 1)
+            await publish(origin.port, "cam", media)
+            await asyncio.wait_for(task, 10)
+            await wait_for(lambda: origin_players(origin) == 0)
+
+    run(main())
+    assert_same_frames(got, media)
+
+
 # --- a local publish of a pulled name -------------------------------------------------------
 
 
@@ -381,3 +458,163 @@ def test_redact_url(url: str, shown: str) -> None:
 def test_split_stream_url() -> None:
     assert split_stream_url("rtmp://o/live/x") == ("rtmp://o/live", "x")
     assert split_stream_url("rtmp://o/app/inst/x?k=1") == ("rtmp://o/app/inst", "x?k=1")
+
+
+# --- real processes: rtmp2-server edges of an rtmp2-server and of an nginx-rtmp origin ------
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "edge.toml"
+EDGE_PLAYERS = ("rtmpdump", "ffmpeg-debian")
+
+
+@pytest.fixture
+def nginx_rtmp(tmp_path: Path) -> Iterator[int]:
+    with NginxRTMP(tmp_path / "nginx") as nginx:
+        yield nginx.port
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """test_e2e_play's sources, in its directory (made once under its lock)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    path = base / "e2e-play-media"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def edge_args(*extra: str) -> list[str]:
+    # Grace 0: players end as soon as the origin's publish does (the example keeps 10 s).
+    return ["--republish-grace", "0", "--pull-idle", "1", *extra]
+
+
+def start_players(edge: ServerProcess, tmp_path: Path) -> list[e2e.Player]:
+    return [e2e.Player(kind, edge.url("cam"), tmp_path / f"{kind}.flv") for kind in EDGE_PLAYERS]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_edge_of_our_origin_with_the_example_config(tmp_path: Path, media_dir: Path) -> None:
+    """The README's example: an origin, and an edge run with `examples/edge.toml` (the
+    origin's address put in). ffmpeg publishes to the origin; rtmpdump and ffmpeg play from
+    the edge, joining mid-stream: each gets the origin's recording bit-exact from a keyframe
+    to the end, the origin sees one play for both, and it ends once they left."""
+    src = e2e.make_source(media_dir, "h264-aac-gop1s")
+    api = f"127.0.0.1:{free_port()}"
+    origin_args = ["--republish-grace", "0", "--http", api]
+    with running_server(tmp_path / "origin", tmp_path / "origin.log", args=origin_args) as origin:
+        conf = tmp_path / "edge.toml"
+        text = EXAMPLE.read_text()
+        assert "rtmp://127.0.0.1:1935/live" in text
+        conf.write_text(text.replace("127.0.0.1:1935", f"127.0.0.1:{origin.port}"))
+        args = ["--config", str(conf), *edge_args()]
+        with running_server(tmp_path / "edge", tmp_path / "edge.log", args=args) as edge:
+            publisher = e2e.publish(origin, src, "cam")
+            time.sleep(1.5)  # mid-stream (a keyframe a second)
+            players = start_players(edge, tmp_path)
+            assert publisher.wait(30).returncode == 0
+            for player in players:
+                player.wait()
+            recording = e2e.wait_recording(origin, "cam")
+            for player in players:
+                joined = e2e.assert_suffix_from_keyframe(player.out, recording)
+                assert joined.video_from > 0 and joined.video >= 60
+            edge.wait_for_log(r"pull stop: app=live stream=cam .*\(no players for 1 s\)")
+            origin.wait_for_log(r"play stop: .*stream=cam")
+            # The origin's API: no connection left (the pull's play was the last one).
+            deadline = time.monotonic() + 10
+            while True:
+                with urllib.request.urlopen(f"http://{api}/api/v1/clients", timeout=5) as r:
+                    clients = json.load(r)["clients"]
+                if not clients:
+                    break
+                assert time.monotonic() < deadline, clients
+                time.sleep(0.05)
+            # One play at the origin for the two players, and it has ended.
+            assert len(origin.log_lines("play start", "stream=cam")) == 1
+            assert len(origin.log_lines("play stop", "stream=cam")) == 1
+            assert len(edge.log_lines("play start", "stream=cam")) == 2
+            # The edge records nothing (record = false in the example).
+            assert edge.recordings() == []
+            pulls = edge.log_lines("pull start")
+            assert len(pulls) == 1 and f"from rtmp://127.0.0.1:{origin.port}/live/cam" in pulls[0]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_edge_of_an_nginx_rtmp_origin(nginx_rtmp: int, tmp_path: Path, media_dir: Path) -> None:
+    """nginx-rtmp as the origin: the edge's players get the source bit-exact from a keyframe
+    to the end, and the pull ends after they left."""
+    src = e2e.make_source(media_dir, "h264-aac-gop1s")
+    origin = f"rtmp://127.0.0.1:{nginx_rtmp}/live"
+    args = edge_args("--pull", f"live={origin}")
+    with running_server(tmp_path / "edge", tmp_path / "edge.log", args=args) as edge:
+        ffmpeg = f"-hide_banner -nostdin -loglevel error -re -i {src} -map 0 -c copy -f flv"
+        publisher = Publisher([e2e.FFMPEG9, *ffmpeg.split(), f"{origin}/cam"])
+        time.sleep(1.5)
+        players = start_players(edge, tmp_path)
+        assert publisher.wait(30).returncode == 0
+        for player in players:
+            player.wait()
+        for player in players:
+            joined = e2e.assert_suffix_from_keyframe(player.out, src)
+            assert joined.video_from > 0 and joined.video >= 60
+        edge.wait_for_log(r"pull stop: app=live stream=cam .*\(no players for 1 s\)")
+        assert len(edge.log_lines("pull start")) == 1
+        # nginx saw one play for the two players, and it ended (the pull disconnected).
+        nginx_log = tmp_path / "nginx" / "error.log"
+        plays = re.findall(r"\*(\d+) play: name='cam'", nginx_log.read_text())
+        assert len(plays) == 1, nginx_log.read_text()
+        deadline = time.monotonic() + 10
+        while f"*{plays[0]} disconnect" not in nginx_log.read_text():
+            assert time.monotonic() < deadline, nginx_log.read_text()
+            time.sleep(0.05)
+        # The edge records the pulled stream as it would a publish (record is on): every
+        # frame from its start to the end, its timestamps from zero.
+        recorded, source = e2e.frames(edge.recording("cam")), e2e.frames(src)
+        for kind in (VIDEO, AUDIO):
+            got = [t.body for t in recorded if t.tag_type == kind]
+            assert got and got == [t.body for t in source if t.tag_type == kind][-len(got) :]
+        assert min(t.timestamp for t in recorded) < 100
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_nginx_rtmp_origin_without_the_stream(nginx_rtmp: int, tmp_path: Path) -> None:
+    """nginx-rtmp answers Play.Start for a stream it does not have and sends nothing: the
+    edge's player (rtmpdump) gets StreamNotFound after play_wait, and the pull ends."""
+    args = edge_args("--pull", f"live=rtmp://127.0.0.1:{nginx_rtmp}/live", "--play-wait", "2")
+    with running_server(tmp_path / "edge", tmp_path / "edge.log", args=args) as edge:
+        player = subprocess.run(
+            [e2e.RTMPDUMP, "--live", "-r", edge.url("none"), "-o", str(tmp_path / "none.flv")],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert "NetStream.Play.StreamNotFound" in player.stderr, player.stderr
+        edge.wait_for_log(r"pull stop: app=live stream=none .*0 publish\(es\)")
+
+
+def test_pulls_on_demand_are_bounded(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Players choose the names: past `pull_max` pulls, a play of another name starts none
+    (it waits as for a stream not published), with one log line."""
+
+    async def main() -> None:
+        async with RTMPServer(origin_config(tmp_path)) as origin:
+            cfg = edge_config(tmp_path, origin.port, pull_max=2)
+            assert cfg.relay is not None
+            cfg.relay.play_wait = 1.0
+            async with RTMPServer(cfg) as edge:
+                players = [EdgePlayer(edge.port, f"s{i}", 1) for i in range(4)]
+                await wait_for(lambda: origin_players(origin) == 2)
+                assert len(edge.pulls) == 2  # whichever two plays came first
+                for player in players:
+                    with pytest.raises(StatusError):
+                        await player.done()
+                await wait_for(lambda: len(edge.pulls) == 0)
+
+    run(main())
+    lines = [
+        r.getMessage() for r in caplog.records if "the limit (pull_max) is 2" in r.getMessage()
+    ]
+    assert len(lines) == 1, lines

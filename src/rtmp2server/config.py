@@ -410,6 +410,9 @@ class ServerConfig:
     pull_retry_max: float = _key("pull", 30.0, kind="float", lo=0.1)
     """Longest wait between two attempts of a pull (the wait doubles from 0.5 s after each
     failure)."""
+    pull_max: int = _key("pull", 256, kind="int", lo=1, hi=1_000_000)
+    """Pulls at once, on demand and static: a play that would start one more is not pulled
+    (it waits `play_wait` as for a stream not published)."""
     # [push]
     push: dict[str, list[PushTarget]] = field(
         default_factory=dict, metadata=_meta("push", "push_map")

@@ -99,6 +99,7 @@ def stream_json(side: HttpServer, stream: Stream) -> dict[str, Any]:
             "client_id": _publisher(side, stream),
             "peer": stream.peer,
             "flash_ver": stream.flash_ver,
+            "pulled_from": stream.source or None,
         },
         "started": stream.started_wall,
         "duration": round(stream.duration, 3),

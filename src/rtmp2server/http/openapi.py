@@ -85,7 +85,13 @@ SCHEMAS: Final[dict[str, Any]] = {
             "app": {"type": "string"},
             "name": {"type": "string"},
             "publisher": _obj(
-                {"client_id": _INT, "peer": {"type": "string"}, "flash_ver": {"type": "string"}}
+                {
+                    "client_id": _INT,
+                    "peer": {"type": "string"},
+                    "flash_ver": {"type": "string"},
+                    # A stream pulled from another server: its URL, query values hidden.
+                    "pulled_from": _STR,
+                }
             ),
             "started": {"type": "number", "description": "Unix time"},
             "duration": {"type": "number", "description": "seconds"},

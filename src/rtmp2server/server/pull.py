@@ -21,13 +21,15 @@ set of pulls of one `RTMPServer`:
 Both retry with exponential backoff (0.5 s, doubling to `pull_retry_max`), and a failure that
 repeats is logged once, not at each attempt.
 
-The local stream is claimed at the first message from the origin, not at NetStream.Play.Start:
+The local stream is claimed at the first frame from the origin, not at NetStream.Play.Start:
 nginx-rtmp answers a play of a stream it does not have with Play.Start and then sends nothing
 (it waits for a publisher), so a claim at Play.Start would hold players on a stream that never
-comes; they get StreamNotFound after `play_wait` instead. When the origin's publish ends
-(NetStream.Play.UnpublishNotify, Play.Stop, or the connection closing), the local stream is
-released: its players go through the relay's republish grace as for a publisher that left, and
-the pull plays again (the origin's publisher may be back), a new publish for the relay.
+comes; they get StreamNotFound after `play_wait` instead. Each local publish is rebased to
+start at timestamp zero at its first frame. When the origin's publish ends
+(NetStream.Play.UnpublishNotify; User Control Stream EOF, which is all nginx-rtmp sends;
+Play.Stop; the connection closing), the local stream is released, after the last frame the
+origin sent: its players go through the relay's republish grace as for a publisher that left,
+and the pull plays on (the origin's publisher may come back), a new publish for the relay.
 
 A local publish of a name being pulled is a republish (`StreamRegistry.republish`): with
 "takeover" (the default) the local publisher takes the name over and the pull ends (a static
@@ -49,10 +51,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-from ..client import ClientError, StatusError, connect
+from ..client import Client, ClientError, StatusError
 from ..logs import get_logger, redact_query
 from ..protocol.client import ClientCommand
-from ..protocol.messages import AUDIO, DATA_AMF0, VIDEO
+from ..protocol.messages import AUDIO, DATA_AMF0, VIDEO, Message, MessageType, UserControlEvent
 from .recorder import RecordingError
 from .registry import Stream, StreamKey, StreamRegistry
 
@@ -67,6 +69,8 @@ BACKOFF_MIN = 0.5  # seconds before the first retry
 CHECK_INTERVAL = 0.25  # seconds between two looks at whether a pull still has players
 # The origin's answer to play (as ours and nginx-rtmp send it): not part of the stream.
 _SAMPLE_ACCESS = b"\x02\x00\x11|RtmpSampleAccess"
+MAX_HELD_DATA = 16  # data messages held until the first frame of a publish
+USER_CONTROL = int(MessageType.USER_CONTROL)
 _ORIGIN_ENDED = ("NetStream.Play.UnpublishNotify", "NetStream.Play.Stop")
 
 PublishHandler = Callable[[Stream], "bool | Awaitable[bool]"]
@@ -92,6 +96,36 @@ def split_stream_url(url: str) -> tuple[str, str]:
     base, sep, query = url.partition("?")
     app, _, name = base.rstrip("/").rpartition("/")
     return app, name + (sep + query if query else "")
+
+
+# Queued by `_OriginClient` where the origin's publish ended, among the play's messages.
+_END = Message(2, 0, USER_CONTROL, 0, b"")
+
+
+def _ends_publish(item: ClientCommand | Message, stream_id: int) -> bool:
+    """Whether the origin says that the publish being played ended: UnpublishNotify (ours,
+    SRS; nginx-rtmp with `publish_notify on`) or User Control Stream EOF (all nginx-rtmp
+    sends by default)."""
+    if isinstance(item, ClientCommand):
+        return item.name == "onStatus" and item.info.get("code") in _ORIGIN_ENDED
+    payload = item.payload if item.type_id == USER_CONTROL else b""
+    return (
+        len(payload) >= 6
+        and int.from_bytes(payload[:2], "big") == UserControlEvent.STREAM_EOF
+        and int.from_bytes(payload[2:6], "big") == stream_id
+    )
+
+
+class _OriginClient(Client):
+    """The client of a pull: the end of the origin's publish comes out of `play()` as `_END`,
+    in order with its messages. (`event_received` sees it as it arrives, ahead of the frames
+    still queued for the play: releasing the local stream there would lose the publish's
+    last frames.)"""
+
+    async def _dispatch(self, item: ClientCommand | Message) -> None:
+        await super()._dispatch(item)
+        if self.started.is_set() and _ends_publish(item, self.stream_id):
+            await self._media.put(_END)
 
 
 class _Refused(Exception):
@@ -138,7 +172,11 @@ class Pull:
         self.timeout = timeout
         self.ssl = ssl
         self.on_done = on_done
-        self.source = redact_url(f"{url.rstrip('/')}/{self.remote_name}")
+        # The application's URL and the stream name, each with its query values hidden.
+        stream, _, query = self.remote_name.partition("?")
+        self.source = f"{redact_url(url).rstrip('/')}/{stream}" + (
+            f"?{redact_query(query)}" if query else ""
+        )
         self.stream: Stream | None = None  # the local stream, while the origin sends
         self.started = time.monotonic()
         self.attempts = 0  # connections to the origin so far
@@ -296,34 +334,51 @@ class Pull:
         finally:
             if not session.done():
                 session.cancel()
-                with contextlib.suppress(BaseException):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await session
             self._session = None
             self._release("origin connection closed")
 
     async def _play(self) -> None:
-        async with connect(self.url, ssl=self.ssl, timeout=self.timeout) as client:
-            client.on_status = self._on_status
+        async with _OriginClient(self.url, ssl=self.ssl, timeout=self.timeout) as client:
+            held: list[Message] = []
+            base = 0
             async for msg in client.play(self.remote_name):
+                if msg is _END:
+                    self._release("the origin's publish ended")
+                    held = []
+                    continue
                 t = msg.type_id
+                stream = self.stream
                 if t == DATA_AMF0:
                     if msg.payload.startswith(_SAMPLE_ACCESS):
                         continue
+                    if stream is None:
+                        # Held until the first frame, then delivered at its time (see below).
+                        if len(held) < MAX_HELD_DATA:
+                            held.append(msg)
+                        continue
                 elif t != AUDIO and t != VIDEO:
                     continue  # AMF3 data: nothing a relay or a recording takes
-                stream = self.stream
                 if stream is None:
                     stream = await self._publish()
                     if stream is None:
                         return
+                    # nginx-rtmp sends a mid-stream joiner onMetaData at timestamp 0 and the
+                    # media at the stream's own time (seconds on): each local publish is
+                    # rebased to start at its first frame, as a publish here would, so that
+                    # its recording and players' timelines start at zero.
+                    base = msg.timestamp
+                    for data in held:
+                        stream.deliver(
+                            Message(data.csid, 0, DATA_AMF0, data.stream_id, data.payload)
+                        )
+                    held = []
+                if base:
+                    msg = Message(
+                        msg.csid, (msg.timestamp - base) & 0xFFFFFFFF, t, msg.stream_id, msg.payload
+                    )
                 stream.deliver(msg)
-
-    def _on_status(self, status: ClientCommand) -> None:
-        # The origin's publish ended; the play goes on (a publisher may come back there),
-        # and an error status ends it (`Client.play` raises `StatusError`).
-        code = str(status.info.get("code", ""))
-        if code in _ORIGIN_ENDED:
-            self._release(f"origin: {code}")
 
     # --- the local stream ------------------------------------------------------------------
 
@@ -422,6 +477,7 @@ class Pulls:
         self.server = server
         self.pulls: dict[StreamKey, Pull] = {}
         self._closing = False
+        self._refused_logged = -1.0  # when a pull over the limit was last logged
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(list(self.pulls.values()))
@@ -440,8 +496,23 @@ class Pulls:
         pull = self.pulls.get((app, name))
         if pull is not None and pull.running:
             return True
-        url = on_demand_sources(self.server.config).get(app)
+        cfg = self.server.config
+        url = on_demand_sources(cfg).get(app)
         if url is None:
+            return False
+        if len(self.pulls) >= cfg.pull_max:
+            # Players choose the names: without a bound, one could make this server open a
+            # connection to the origin per name it asks for.
+            now = time.monotonic()
+            if now - self._refused_logged >= 1.0:
+                self._refused_logged = now
+                log.warning(
+                    "pull %s/%s: not started: %d pulls running, the limit (pull_max) is %d",
+                    app,
+                    name,
+                    len(self.pulls),
+                    cfg.pull_max,
+                )
             return False
         self.add(app, name, url)
         return True
