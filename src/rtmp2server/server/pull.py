@@ -441,16 +441,11 @@ class Pull:
         self.stream = None
         self.registry.release(stream)
         log.info(
-            "pull publish stop: app=%s stream=%s from %s duration=%.2fs video=%d audio=%d "
-            "data=%d bytes=%d (%s)",
+            "pull publish stop: app=%s stream=%s from %s %s (%s)",
             self.app,
             self.name,
             self.source,
-            stream.duration,
-            stream.video_frames,
-            stream.audio_frames,
-            stream.data_messages,
-            stream.bytes,
+            stream.totals(),
             why,
         )
 

@@ -76,6 +76,13 @@ class Stream:
     def duration(self) -> float:
         return time.monotonic() - self.started
 
+    def totals(self) -> str:
+        """What this publish brought, for its stop log line (a session's or a pull's)."""
+        return (
+            f"duration={self.duration:.2f}s video={self.video_frames} audio={self.audio_frames} "
+            f"data={self.data_messages} bytes={self.bytes}"
+        )
+
     def deliver(self, msg: Message) -> None:
         """Count `msg` and hand it to every sink (see `deliver_all`)."""
         self.deliver_all([msg])

@@ -617,16 +617,11 @@ class Session(asyncio.BufferedProtocol):
             return
         self.server.registry.release(stream)
         log.info(
-            "publish stop: peer=%s app=%s stream=%s duration=%.2fs video=%d audio=%d "
-            "data=%d bytes=%d (%s)",
+            "publish stop: peer=%s app=%s stream=%s %s (%s)",
             self.peer,
             stream.app,
             stream.name,
-            stream.duration,
-            stream.video_frames,
-            stream.audio_frames,
-            stream.data_messages,
-            stream.bytes,
+            stream.totals(),
             why,
         )
         self._notify("publish_stop", stream, reason=why)
