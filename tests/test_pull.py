@@ -618,3 +618,29 @@ def test_pulls_on_demand_are_bounded(tmp_path: Path, caplog: pytest.LogCaptureFi
         r.getMessage() for r in caplog.records if "the limit (pull_max) is 2" in r.getMessage()
     ]
     assert len(lines) == 1, lines
+
+
+def test_an_edge_pulls_every_track_of_a_multitrack_publish(tmp_path: Path) -> None:
+    """The pull announces multitrack (capsEx) and every codec to the origin: a multitrack
+    subscriber of the edge gets the non-default track too, byte for byte as published."""
+    from test_push import _multitrack
+
+    media = _multitrack(40)
+    got: list[Message] = []
+
+    async def consume(edge: RTMPServer) -> None:
+        async for msg in edge.subscribe("live", "mt", multitrack=True):
+            got.append(msg)
+            if len(av(got)) == len(media):
+                return
+
+    async def main() -> None:
+        origin = RTMPServer(origin_config(tmp_path))
+        async with origin, RTMPServer(edge_config(tmp_path, origin.port)) as edge:
+            task = asyncio.ensure_future(consume(edge))
+            await wait_for(lambda: origin_players(origin) == 1)
+            await publish(origin.port, "mt", media)
+            await asyncio.wait_for(task, 10)
+
+    run(main())
+    assert [m.payload for m in av(got)] == [p for _t, _ts, p in media]

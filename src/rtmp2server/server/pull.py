@@ -54,6 +54,7 @@ from urllib.parse import urlsplit, urlunsplit
 from ..client import Client, ClientError, StatusError
 from ..logs import get_logger, redact_query
 from ..protocol.client import ClientCommand
+from ..protocol.enhanced import CapsEx
 from ..protocol.messages import AUDIO, DATA_AMF0, VIDEO, Message, MessageType, UserControlEvent
 from .recorder import RecordingError
 from .registry import Stream, StreamKey, StreamRegistry
@@ -340,7 +341,12 @@ class Pull:
             self._release("origin connection closed")
 
     async def _play(self) -> None:
-        async with _OriginClient(self.url, ssl=self.ssl, timeout=self.timeout) as client:
+        # Every codec and every track: an origin (ours, SRS) sends a player that did not say
+        # so only the default track of a multitrack publish, and the edge is a relay.
+        every_track = {"fourCcList": ["*"], "capsEx": float(CapsEx.MULTITRACK)}
+        async with _OriginClient(
+            self.url, ssl=self.ssl, timeout=self.timeout, connect_extra=every_track
+        ) as client:
             held: list[Message] = []
             base = 0
             async for msg in client.play(self.remote_name):
