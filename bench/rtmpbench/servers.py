@@ -312,8 +312,22 @@ def ours_at(name: str) -> ServerSpec:
     )
 
 
+def with_workers(base: ServerSpec, workers: int, name: str) -> ServerSpec:
+    """`base` (ours) started with `--workers N`: N processes on one port (SO_REUSEPORT), a
+    stream played on another worker than its publisher's pulled over a local link."""
+
+    def command(work: Path, port: int, rec: Path) -> list[str]:
+        return [*base.command(work, port, rec), "--workers", str(workers)]
+
+    return ServerSpec(name, base.can_play, command, env=base.env, available=base.available)
+
+
 def spec(name: str) -> ServerSpec:
-    """A server by name: one of SERVERS, or `ours@REV` (see `ours_at`)."""
+    """A server by name: one of SERVERS, `ours@REV` (see `ours_at`), or either of ours with
+    `+wN` (`ours+uvloop+w2`: `--workers 2`, see `with_workers`)."""
+    base, sep, workers = name.rpartition("+w")
+    if sep and workers.isdigit() and base.startswith("ours"):
+        return with_workers(spec(base), int(workers), name)
     if name.startswith("ours@"):
         return ours_at(name)
     return SERVERS[name]
