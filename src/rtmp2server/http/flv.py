@@ -144,18 +144,24 @@ class HTTPFLVPlayer:
 
     async def run(self, response: web.StreamResponse) -> None:
         """Write what the relay queues until the play ends or the client leaves."""
+        wake = self._wake
         while True:
-            try:
-                # Woken by the relay; once a second anyway, to notice a client that left
-                # while nothing was sent (aiohttp does not cancel handlers on disconnect).
-                await asyncio.wait_for(self._wake.wait(), 1.0)
-            except TimeoutError:
-                if self.closed:
-                    return
-                continue
-            self._wake.clear()
+            if not wake.is_set():
+                try:
+                    # Woken by the relay; once a second anyway, to notice a client that left
+                    # while nothing was sent (aiohttp does not cancel handlers on disconnect).
+                    # A timeout scope, not `wait_for`: no task made per wake-up.
+                    async with asyncio.timeout(1.0):
+                        await wake.wait()
+                except TimeoutError:
+                    if self.closed:
+                        return
+                    continue
+            wake.clear()
             while self._queue:
-                data = self._queue.pop(0)
+                # All that was queued since the last write, in one chunk of the response.
+                queue, self._queue = self._queue, []
+                data = queue[0] if len(queue) == 1 else b"".join(queue)
                 self._queued -= len(data)
                 await response.write(data)
             if self.ended:
