@@ -108,6 +108,32 @@ def origin_players(origin: RTMPServer) -> int:
 # --- on demand, in process ------------------------------------------------------------------
 
 
+def subscribe_through_an_edge(
+    tmp_path: Path, name: str, media: Media, *, multitrack: bool
+) -> list[Message]:
+    """An edge's `server.subscribe(live, name)` pulls on demand from an origin that `media`
+    is then published to; what the subscription got, once the origin has no player left."""
+    got: list[Message] = []
+
+    async def consume(edge: RTMPServer) -> None:
+        async for msg in edge.subscribe("live", name, multitrack=multitrack):
+            got.append(msg)
+            if len(av(got)) == len(media):
+                return
+
+    async def main() -> None:
+        origin = RTMPServer(origin_config(tmp_path))
+        async with origin, RTMPServer(edge_config(tmp_path, origin.port)) as edge:
+            task = asyncio.ensure_future(consume(edge))
+            await wait_for(lambda: origin_players(origin) == 1)
+            await publish(origin.port, name, media)
+            await asyncio.wait_for(task, 10)
+            await wait_for(lambda: origin_players(origin) == 0)
+
+    run(main())
+    return got
+
+
 def test_two_edge_players_cost_the_origin_one_play_every_frame_and_the_pull_stops(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -298,24 +324,7 @@ def test_http_flv_player_waits_for_the_pull_and_the_api_marks_the_stream(tmp_pat
 def test_an_in_process_subscription_pulls_on_demand(tmp_path: Path) -> None:
     """`server.subscribe` (an `add_player(wait=True)` player) pulls on demand as a play does."""
     media = frames(40)
-    got: list[Message] = []
-
-    async def consume(edge: RTMPServer) -> None:
-        async for msg in edge.subscribe("live", "cam"):
-            got.append(msg)
-            if len(av(got)) == len(media):
-                return
-
-    async def main() -> None:
-        origin = RTMPServer(origin_config(tmp_path))
-        async with origin, RTMPServer(edge_config(tmp_path, origin.port)) as edge:
-            task = asyncio.ensure_future(consume(edge))
-            await wait_for(lambda: origin_players(origin) == 1)
-            await publish(origin.port, "cam", media)
-            await asyncio.wait_for(task, 10)
-            await wait_for(lambda: origin_players(origin) == 0)
-
-    run(main())
+    got = subscribe_through_an_edge(tmp_path, "cam", media, multitrack=False)
     assert_same_frames(got, media)
 
 
@@ -626,21 +635,5 @@ def test_an_edge_pulls_every_track_of_a_multitrack_publish(tmp_path: Path) -> No
     from test_push import _multitrack
 
     media = _multitrack(40)
-    got: list[Message] = []
-
-    async def consume(edge: RTMPServer) -> None:
-        async for msg in edge.subscribe("live", "mt", multitrack=True):
-            got.append(msg)
-            if len(av(got)) == len(media):
-                return
-
-    async def main() -> None:
-        origin = RTMPServer(origin_config(tmp_path))
-        async with origin, RTMPServer(edge_config(tmp_path, origin.port)) as edge:
-            task = asyncio.ensure_future(consume(edge))
-            await wait_for(lambda: origin_players(origin) == 1)
-            await publish(origin.port, "mt", media)
-            await asyncio.wait_for(task, 10)
-
-    run(main())
+    got = subscribe_through_an_edge(tmp_path, "mt", media, multitrack=True)
     assert [m.payload for m in av(got)] == [p for _t, _ts, p in media]
