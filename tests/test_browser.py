@@ -181,11 +181,15 @@ def test_dashboard_lists_previews_and_ends_a_live_stream(
                 assert_screenshot(await browser.screenshot(shot), shot)
                 # End: the publish is gone from the registry, and ffmpeg's connection with it.
                 await browser.evaluate(f"{row}.querySelector('button.kick').click()")
+                # The page says what it did (and keeps saying it over the next polls).
+                status = await browser.wait_for(
+                    "(s => s.includes('ended live/x') && s)"
+                    "(document.getElementById('status').textContent)"
+                )
+                assert "ended live/x" in status, status
                 await until(lambda: server.registry.get("live", "x") is None, "end of live/x")
                 await until(lambda: not pub.running(), "ffmpeg's exit after the end")
                 await browser.wait_for(f"!{row}")
-                status = await browser.evaluate("document.getElementById('status').textContent")
-                assert "ended live/x" in status, status
             auth = {"Authorization": f"Bearer {TOKEN}"}
             async with ClientSession(headers=auth) as http, http.get(f"{base}/api/v1/streams") as r:
                 assert (await r.json())["streams"] == []

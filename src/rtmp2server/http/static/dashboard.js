@@ -149,15 +149,22 @@ async function end(row) {
   row.kick.disabled = true;
   try {
     const body = await api("DELETE", "/api/v1/streams/" + encodeURIComponent(row.app) + "/" + encodeURIComponent(row.name));
-    status("ended " + body.closed);
+    status("ended " + body.closed, false, true);
     drop(row);
   } catch (err) {
-    status("End " + row.key + ": " + err.message, true);
+    status("End " + row.key + ": " + err.message, true, true);
     row.kick.disabled = false;
   }
 }
 
-function status(text, error) {
+// What the operator did (End, and its failure) stays shown for a few seconds: the next poll's
+// "N live stream(s)" line would otherwise replace it within a second.
+const ACTION_SHOWN_MS = 5000;
+let actionShownUntil = 0;
+
+function status(text, error, action) {
+  if (action) actionShownUntil = Date.now() + ACTION_SHOWN_MS;
+  else if (Date.now() < actionShownUntil) return;
   $("status").textContent = text;
   $("status").className = error ? "error" : "";
 }
