@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import socket as _socket
 import ssl as _ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -138,9 +138,6 @@ class Client:
         # at the server even before the first message comes).
         self.started = asyncio.Event()
         self.connect_result: ClientCommand | None = None
-        # Told of every onStatus as it arrives, also while a play yields messages (a relay
-        # that plays from another server acts on NetStream.Play.UnpublishNotify).
-        self.on_status: Callable[[ClientCommand], None] | None = None
 
     # --- connection ----------------------------------------------------------------------
 
@@ -451,8 +448,6 @@ class Client:
                 fut.set_result(item)
             elif item.name == "onStatus":
                 self._status.put_nowait(item)
-                if self.on_status is not None:
-                    self.on_status(item)
                 info = item.info
                 code = info.get("code")
                 if code in ("NetStream.Play.Stop", "NetStream.Play.Complete"):
