@@ -662,6 +662,66 @@ def test_each_message_is_framed_once_for_players_that_share_a_timeline(
     run(main())
 
 
+def test_players_in_different_places_of_the_stream_each_get_their_own_timeline() -> None:
+    """One write of the publisher, with a data message in its middle, fanned out to players
+    that joined at different keyframes (a run is framed per place), one whose video is off
+    and one that waits for a keyframe (message by message): each gets its own timeline,
+    bit-exact and in order."""
+    first = av_frames(45)  # keyframes at frames 0 and 30
+    rest = av_frames(60, start=45)
+    cue = amf0.encode("onCuePoint", {"name": "mid", "time": 2.0})
+
+    async def main() -> None:
+        async with server() as s:
+            pub = await Peer.open(s.port)
+            await pub.publish("places")
+            await pub.send([(VIDEO, 0, AVC_SEQ), (AUDIO, 0, AAC_SEQ), *first[:20]], METADATA)
+            early = await Peer.open(s.port)  # joins at frame 0
+            await early.play("places")
+            await early.wait(lambda: len(early.av()) >= 2 + 20)
+            await pub.send(first[20:])
+            late = await Peer.open(s.port)  # joins at frame 30: another offset
+            await late.play("places")
+            await late.wait(lambda: len(late.av()) >= 2 + 30)
+            audio_only = await Peer.open(s.port)
+            await audio_only.play("places")
+            await audio_only.wait(lambda: len(audio_only.av()) >= 2)
+            audio_only.conn.call("receiveVideo", None, False, stream_id=audio_only.sid)
+            await audio_only.flush()
+            await asyncio.sleep(0.1)
+            got_before = len(audio_only.av())
+            # One write: frames, then a cue point, then more frames (a keyframe among them).
+            for t, ts, payload in rest[:30]:
+                pub.conn.send_media(pub.sid, t, ts, payload)
+            pub.conn.send_media(pub.sid, DATA_AMF0, rest[29][1], cue)
+            for t, ts, payload in rest[30:]:
+                pub.conn.send_media(pub.sid, t, ts, payload)
+            await pub.flush()
+            total = first + rest
+            for p, start in ((early, 0), (late, 60)):
+                await p.wait(lambda p=p, start=start: len(p.av()) >= 2 + len(total) - start)
+            await audio_only.wait(lambda: any(m.payload == cue for _, m in audio_only.media))
+            await pub.close()
+            for p in (early, late, audio_only):
+                await p.close()
+            for p, start in ((early, 0), (late, 60)):
+                av = p.av()
+                check_stream(av[2:], total)
+                assert av[2].payload == total[start][2]
+                # The cue point between the same two frames as it was sent.
+                kinds = [m.payload == cue or m.type_id for _, m in p.media]
+                at = kinds.index(True)
+                frames_before = sum(1 for k in kinds[:at] if k in (AUDIO, VIDEO))
+                assert frames_before == 2 + len(first) + 30 - start
+            later = audio_only.av()[got_before:]
+            assert later and all(m.type_id == AUDIO for m in later)
+            assert [m.payload for m in later] == [payload for t, _, payload in total if t == AUDIO][
+                -len(later) :
+            ]
+
+    run(main())
+
+
 def test_delete_stream_and_disconnect_remove_players() -> None:
     media = av_frames(10)
 

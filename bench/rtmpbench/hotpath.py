@@ -184,28 +184,30 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     await asyncio.sleep(0.05)
     for s in pubs + players:
         s.transport.kept = None  # type: ignore[union-attr]
-    ticks = _ticks(src, args.seconds)
+    # Publisher i starts `i * 7 % 40` ticks late, so that keyframes (every 2 s of this file)
+    # and GOP drops are spread over time as with publishers that connected one by one.
+    lags = [i * 7 % 40 for i in range(len(pubs))]
+    rounds = int((args.warmup + args.seconds) / TICK)
+    ticks = _ticks(src, args.warmup + args.seconds)
+    warm = int(args.warmup / TICK)
     per_tick = len(src.times) * TICK * 1000.0 / src.period
     prof = cProfile.Profile() if args.profile else None
     cpu = 0.0
     reads = 0
-    for data in ticks:
+    for r in range(rounds):
+        measured = r >= warm  # before: GOP caches filled, the heap grown
         t0 = time.process_time()
-        if prof:
+        if prof and measured:
             prof.enable()
-        for s in pubs:
-            _feed(s, data)
-        if prof:
-            prof.disable()
-        cpu += time.process_time() - t0
-        reads += len(pubs)
-        t0 = time.process_time()
-        if prof:
-            prof.enable()
+        for s, lag in zip(pubs, lags, strict=True):
+            if r >= lag:
+                _feed(s, ticks[r - lag])
+                reads += measured
         await asyncio.sleep(0)  # the relay's flushes (call_soon)
-        if prof:
+        if prof and measured:
             prof.disable()
-        cpu += time.process_time() - t0
+        if measured:
+            cpu += time.process_time() - t0
     if prof:
         prof.dump_stats(args.profile)
     media_msgs = per_tick * reads
@@ -230,6 +232,7 @@ def main() -> None:
     ap.add_argument("--publishers", type=int, default=200)
     ap.add_argument("--players", type=int, default=0)
     ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--warmup", type=float, default=4.0, help="seconds fed before measuring")
     ap.add_argument("--mbit", type=int, default=3)
     ap.add_argument("--cache", default=str(Path(__file__).resolve().parents[1] / ".cache"))
     ap.add_argument("--profile", default="")

@@ -100,6 +100,12 @@ class HTTPFLVPlayer:
         socket = 0 if transport is None else transport.get_write_buffer_size()
         return self._queued + socket
 
+    def drain(self) -> int | None:
+        if self.closed:
+            return None
+        self.flush()
+        return self.buffered()
+
     def publish_notify(self, sid: int, name: str) -> None:
         # FLV has no such message: the tags just go on. A response still waiting for its
         # publisher starts now (`wait_publish`).

@@ -174,6 +174,12 @@ class PushOutput:
         client = self.client
         return self._queued + (0 if client is None else client.buffered())
 
+    def drain(self) -> int | None:
+        if self.closed:
+            return None
+        self.flush()
+        return self.buffered()
+
     def connected(self, client: Client) -> None:
         """The target accepted the publish: what was queued goes out, then everything at once."""
         self.client = client

@@ -11,9 +11,14 @@ that order, so its first decoded frame is the cached keyframe, then live message
 
 Players are fanned out to without slowing anyone down:
 
-- each message is framed into chunks once per distinct (timestamp, message stream id,
-  variant) and the same bytes are queued to every player that shares them; every message
-  starts with a type-0 chunk header, so its bytes do not depend on what a player got before;
+- what one read of the publisher brought is framed once for each cohort of players that
+  stand in the same place of the same timeline (timestamp offset, last timestamps, message
+  stream id, framing) and the same bytes, joined into one piece, are queued to each of them;
+  players that are paused, filtered or waiting for a keyframe, and configuration and
+  multitrack messages, go message by message, framed once per distinct (timestamp, message
+  stream id, variant). Every message starts with a type-0 chunk header, so its bytes do not
+  depend on what a player got before. Players joining in the same loop turn share the
+  framed GOP the same way;
 - queued bytes go out in one write per player per event-loop turn;
 - a player whose socket buffer grows past its bound stops receiving until the next keyframe
   (logged and counted): its memory stays bounded and the publisher and the other players never
@@ -46,7 +51,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ..config import RelayConfig as RelayConfig  # its old home: re-exported
 from ..logs import get_logger
@@ -94,8 +99,9 @@ class Output(Protocol):
     The relay frames each media message once per distinct `framing` (`frame`) and queues the
     same bytes to every player that shares it (`write`); `flush` writes out what was queued;
     `buffered` says how many bytes are still waiting in the socket's buffer (the slow-player
-    rule). The rest are the notices of a play's life, which an output that has no such
-    messages (HTTP-FLV) may ignore, or answer by ending (`stream_eof`, `not_found`).
+    rule); `drain` does both at once. The rest are the notices of a play's life, which an
+    output that has no such messages (HTTP-FLV) may ignore, or answer by ending
+    (`stream_eof`, `not_found`).
     """
 
     owner: Any  # the connection (an RTMP `Session`, an HTTP player): .id, .ip, .peer
@@ -114,6 +120,10 @@ class Output(Protocol):
     def flush(self) -> None: ...
 
     def buffered(self) -> int: ...
+
+    def drain(self) -> int | None:
+        """`flush`, then `buffered`; None, writing nothing, when the output is closed."""
+        ...
 
     def publish_notify(self, sid: int, name: str) -> None: ...
 
@@ -152,6 +162,19 @@ class RTMPOutput:
     def buffered(self) -> int:
         transport = self.session.transport
         return 0 if transport is None else transport.get_write_buffer_size()
+
+    def drain(self) -> int | None:
+        session = self.session
+        transport = session.transport
+        if session.closed or transport is None:
+            return None
+        pieces = self.conn.pieces_to_send()
+        if pieces:
+            if len(pieces) == 1:
+                transport.write(pieces[0])
+            else:
+                transport.writelines(pieces)
+        return transport.get_write_buffer_size()
 
     def publish_notify(self, sid: int, name: str) -> None:
         self.conn.send_user_control(UserControlEvent.STREAM_BEGIN, sid)
@@ -329,11 +352,18 @@ class Channel:
         self.stream: Stream | None = None
         self.players: list[Player] = []
         self.headers: dict[tuple[int, int, int], _Entry] = {}
-        self.gop: list[_Entry] = []
+        self.gop: list[Message | _Entry] = []
         self.gop_headers: list[_Entry] = []
         self.gop_bytes = 0
         self.gop_min_ts = 0
         self.caching = False
+        # The bounds of the GOP being cached (the configuration's as of its keyframe).
+        self.gop_max_messages = 0
+        self.gop_max_bytes = 0
+        # The GOP framed for the players that joined in this loop turn (`_send_gop`), by
+        # where they stand, for the GOP as of `_joins_of`.
+        self._joins: dict[tuple[Any, ...], _Run] = {}
+        self._joins_of: tuple[int, int] | None = None
         self.has_video = False
         self._dirty: list[Player] = []
         self._flush_pending = False
@@ -451,9 +481,17 @@ class Channel:
 
     def on_messages(self, stream: Stream, msgs: list[Message]) -> None:
         cache = self.relay.config.gop_cache
+        # Plain frames go to the players as one run (`_fan_out_run`) once the read's messages
+        # are looked at, or before the first message that needs more (configuration, data,
+        # multitrack), so that every player gets them in order. They are cached as they are
+        # (`Message`s; only multitrack messages need an `_Entry`).
+        run: list[tuple[Message, bool, bool, bool]] = []
         for msg in msgs:
             t = msg.type_id
             if t == DATA_AMF0:
+                if run:
+                    self._fan_out_run(run)
+                    run = []
                 self._on_data(msg)
                 continue
             is_video = t == VIDEO
@@ -468,18 +506,42 @@ class Channel:
                 else:
                     key = False if b0 >> 4 == _AAC else None
                 if key is not None:
-                    entry = _Entry(msg, None)
                     if is_video:
                         self.has_video = True
                     if cache:
-                        self._cache(entry, key)
+                        if key or not self.caching:
+                            self._cache(msg, msg, key)
+                        else:  # `_cache`, inlined: this runs for every frame of every publish
+                            self.gop.append(msg)
+                            self.gop_bytes += msg.size
+                            if (msg.timestamp - self.gop_min_ts) & _MASK >= _HALF:
+                                self.gop_min_ts = msg.timestamp
+                            if len(self.gop) > self.gop_max_messages or (
+                                self.gop_bytes > self.gop_max_bytes
+                            ):
+                                self._gop_too_long()
                     if self.players:
-                        self._fan_out(entry, is_video, key, None)
+                        run.append((msg, is_video, key, self.has_video))
                     continue
-            self._on_media(msg, is_video)
+            entry, key, hkeys = self._on_media(msg, is_video)
+            if not self.players:
+                continue
+            if hkeys is None and entry.info is None:
+                run.append((msg, is_video, key, self.has_video))
+                continue
+            if run:
+                self._fan_out_run(run)
+                run = []
+            self._fan_out(entry, is_video, key, hkeys)
+        if run:
+            self._fan_out_run(run)
 
-    def _on_media(self, msg: Message, is_video: bool) -> None:
-        """Any audio or video message: classified in full (the Enhanced RTMP path)."""
+    def _on_media(
+        self, msg: Message, is_video: bool
+    ) -> tuple[_Entry, bool, list[tuple[int, int, int]] | None]:
+        """Any audio or video message: classified in full (the Enhanced RTMP path), cached;
+        returns what its fan-out needs: the entry, whether it is a keyframe, and the header
+        keys it sets (None: it is no configuration)."""
         t = msg.type_id
         key = False
         hkeys: list[tuple[int, int, int]] | None = None
@@ -510,9 +572,8 @@ class Channel:
                     info.multitrack is None or DEFAULT_TRACK in info.track_ids
                 )
         if self.relay.config.gop_cache:
-            self._cache(entry, key)
-        if self.players:
-            self._fan_out(entry, is_video, key, hkeys)
+            self._cache(msg if entry.info is None else entry, msg, key)
+        return entry, key, hkeys
 
     def _on_data(self, msg: Message) -> None:
         metadata = msg.payload.startswith(ON_METADATA)
@@ -529,32 +590,38 @@ class Channel:
 
     # --- GOP cache -----------------------------------------------------------------------
 
-    def _cache(self, entry: _Entry, key: bool) -> None:
+    def _cache(self, item: Message | _Entry, msg: Message, key: bool) -> None:
+        """Cache `msg` (as `item`: itself, or its `_Entry` when it is multitrack)."""
         if key:
-            self.gop = [entry]
+            self.gop = [item]
             # Decoder configuration as of this keyframe (metadata is sent as of the join).
             self.gop_headers = _unique(e for k, e in self.headers.items() if k != _METADATA_KEY)
-            self.gop_bytes = entry.msg.size
-            self.gop_min_ts = entry.msg.timestamp
+            self.gop_bytes = msg.size
+            self.gop_min_ts = msg.timestamp
             self.caching = True
+            cfg = self.relay.config
+            self.gop_max_messages = cfg.gop_max_messages
+            self.gop_max_bytes = cfg.gop_max_bytes
             return
         if not self.caching:
             return
-        self.gop.append(entry)
-        self.gop_bytes += entry.msg.size
-        ts = entry.msg.timestamp
+        self.gop.append(item)
+        self.gop_bytes += msg.size
+        ts = msg.timestamp
         if (ts - self.gop_min_ts) & _MASK >= _HALF:
             self.gop_min_ts = ts
-        cfg = self.relay.config
-        if len(self.gop) > cfg.gop_max_messages or self.gop_bytes > cfg.gop_max_bytes:
-            log.info(
-                "relay %s/%s: GOP of more than %d messages / %d bytes; not cached until the "
-                "next keyframe",
-                *self.key,
-                cfg.gop_max_messages,
-                cfg.gop_max_bytes,
-            )
-            self._drop_gop()
+        if len(self.gop) > self.gop_max_messages or self.gop_bytes > self.gop_max_bytes:
+            self._gop_too_long()
+
+    def _gop_too_long(self) -> None:
+        log.info(
+            "relay %s/%s: GOP of more than %d messages / %d bytes; not cached until the "
+            "next keyframe",
+            *self.key,
+            self.gop_max_messages,
+            self.gop_max_bytes,
+        )
+        self._drop_gop()
 
     def _drop_gop(self) -> None:
         self.gop = []
@@ -590,8 +657,7 @@ class Channel:
             headers = self.gop_headers if metadata is None else [metadata, *self.gop_headers]
             self._send_headers(p, headers, p.floor)
             p.offset = (self.gop_min_ts - p.floor) & _MASK
-            for entry in self.gop:
-                self._send_entry(p, entry)
+            self._send_gop(p)
             p.need_key = p.video_key = False
             p.regate()
             p.first_key = time.monotonic()
@@ -630,21 +696,79 @@ class Channel:
             if any(entry is e for e in entries):
                 p.headers_sent[k] = entry.msg
 
-    def _send_entry(self, p: Player, entry: _Entry) -> None:
-        msg = entry.msg
+    def _send_gop(self, p: Player) -> None:
+        """The cached GOP to a joining `p`. Players that join in the same loop turn in the
+        same place of the same timeline, with the same filters, get the same bytes: framed
+        once, and queued as one piece that they share (a slow joiner holds no copy of its
+        own)."""
+        gop = self.gop
+        stamp = (id(gop), len(gop))
+        if self._joins_of != stamp:
+            if self._joins_of is None:  # the first join of this loop turn
+                asyncio.get_running_loop().call_soon(self._forget_joins)
+            self._joins_of = stamp
+            self._joins = {}
+        last = p.last
+        key = (
+            p.offset,
+            last[0],
+            last[1],
+            last[2],
+            p.sid,
+            p.framing,
+            p.multitrack,
+            p.video,
+            p.audio,
+        )
+        run = self._joins.get(key)
+        if run is None:
+            pieces: list[bytes] = []
+            video = audio = 0
+            for item in gop:
+                data = self._frame_entry(p, item)
+                if data is not None:
+                    pieces.append(data)
+                    if _type_of(item) == VIDEO:
+                        video += 1
+                    else:
+                        audio += 1
+            size = sum(map(len, pieces))
+            if len(pieces) > 1 and p.framing >= -1:
+                pieces = [b"".join(pieces)]
+            assert p.offset is not None
+            run = self._joins[key] = _Run(
+                pieces, p.offset, (last[0], last[1], last[2]), size, video, audio
+            )
+        else:
+            p.offset = run.offset
+            last[0], last[1], last[2] = run.last
+        for data in run.pieces:
+            p.send_raw(data)
+        p.video_frames += run.video
+        p.audio_frames += run.audio
+
+    def _forget_joins(self) -> None:
+        self._joins = {}
+        self._joins_of = None
+
+    def _frame_entry(self, p: Player, item: Message | _Entry) -> bytes | None:
+        """A cached message framed for `p` (moving its timeline on), or None when it gets
+        nothing of it (filtered, or no default track for a player without multitrack)."""
+        if type(item) is Message:
+            msg = item
+            payload: bytes | None = msg.payload
+        else:
+            entry = cast(_Entry, item)
+            msg = entry.msg
+            payload = msg.payload if p.multitrack else entry.legacy_payload()
         t = msg.type_id
         if (t == VIDEO and not p.video) or (t == AUDIO and not p.audio):
-            return
-        payload = msg.payload if p.multitrack else entry.legacy_payload()
+            return None
         if payload is None:
-            return
+            return None
         csid = CSID_VIDEO if t == VIDEO else CSID_AUDIO
         ts = p.out_ts(msg.timestamp, t)
-        p.send_raw(p.frame(csid, ts, t, p.sid, payload))
-        if t == VIDEO:
-            p.video_frames += 1
-        else:
-            p.audio_frames += 1
+        return p.frame(csid, ts, t, p.sid, payload)
 
     def _resume(self, p: Player, ts: int) -> bool:
         """At a keyframe (publisher timestamp `ts`): may `p` start receiving again? Sends the
@@ -681,52 +805,93 @@ class Channel:
     def _fan_out(
         self, entry: _Entry, is_video: bool, key: bool, hkeys: list[tuple[int, int, int]] | None
     ) -> None:
-        msg = entry.msg
-        t = msg.type_id
-        ts = msg.timestamp
-        csid = CSID_VIDEO if is_video else CSID_AUDIO
-        has_video = self.has_video
+        """One message to every player (configuration and multitrack messages)."""
         memo: dict[tuple[int, int, bool, int], bytes | None] = {}
-        dirty = self._dirty
-        multitrack = entry.info is not None
-        kind = t & 3
+        has_video = self.has_video
+        msg = entry.msg
         for p in self.players:
-            if p.gated and not self._admit(p, is_video, key, hkeys is not None, has_video, ts):
-                continue
-            legacy = multitrack and not p.multitrack
-            # p.out_ts(ts, t), inlined: this loop runs for every player and message.
+            self._send_one(p, msg, entry, is_video, key, hkeys, has_video, memo)
+        self._schedule_flush()
+
+    def _fan_out_run(self, run: list[tuple[Message, bool, bool, bool]]) -> None:
+        """Plain frames of one read (no configuration, no multitrack), in order, to every
+        player: (entry, is_video, is_keyframe, has_video as of that message).
+
+        Players that take everything as it comes (not gated) and stand in the same place of
+        the same timeline (timestamp offset, last timestamp of each kind, message stream id,
+        framing) get the same bytes: the run is framed once for each such cohort, and each of
+        its players gets the same one piece. Gated players go message by message."""
+        cohorts: dict[tuple[int, int, int, int, int, int], _Run] = {}
+        memos: list[dict[tuple[int, int, bool, int], bytes | None]] | None = None
+        dirty = self._dirty
+        for p in self.players:
             off = p.offset
-            if off is None:
-                out = p.out_ts(ts, t)
-            else:
-                out = (ts - off) & _MASK
-                last = p.last
-                if (out - last[kind]) & _MASK >= _HALF:
-                    out = p.behind(ts, out, kind)
-                else:
-                    last[kind] = out
-            mkey = (out, p.sid, legacy, p.framing)
-            data = memo.get(mkey, _UNSET)
-            if data is _UNSET:
-                payload = entry.legacy_payload() if legacy else msg.payload
-                data = memo[mkey] = (
-                    None if payload is None else p.frame(csid, out, t, p.sid, payload)
-                )
-            if data is None:
+            if p.gated or off is None:
+                if memos is None:
+                    memos = [{} for _ in run]
+                for (msg, is_video, key, has_video), memo in zip(run, memos, strict=True):
+                    self._send_one(p, msg, None, is_video, key, None, has_video, memo)
                 continue
-            p.send_raw(data)
-            p.bytes_out += len(data)
-            if is_video:
-                p.video_frames += 1
+            last = p.last
+            ckey = (off, last[0], last[1], last[2], p.sid, p.framing)
+            framed = cohorts.get(ckey)
+            if framed is None:
+                framed = cohorts[ckey] = _frame_run(p, run)
             else:
-                p.audio_frames += 1
-            if hkeys is not None:
-                for hkey in hkeys:
-                    p.headers_sent[hkey] = msg
+                p.offset = framed.offset
+                last[0], last[1], last[2] = framed.last
+            for data in framed.pieces:
+                p.send_raw(data)
+            p.bytes_out += framed.size
+            p.video_frames += framed.video
+            p.audio_frames += framed.audio
             if not p.dirty:
                 p.dirty = True
                 dirty.append(p)
-        if dirty and not self._flush_pending:
+        self._schedule_flush()
+
+    def _send_one(
+        self,
+        p: Player,
+        msg: Message,
+        entry: _Entry | None,
+        is_video: bool,
+        key: bool,
+        hkeys: list[tuple[int, int, int]] | None,
+        has_video: bool,
+        memo: dict[tuple[int, int, bool, int], bytes | None],
+    ) -> None:
+        """One message to one player, if it is admitted; `entry` is set for a multitrack
+        message; `memo` shares the framed bytes between the players of the same message."""
+        t = msg.type_id
+        ts = msg.timestamp
+        if p.gated and not self._admit(p, is_video, key, hkeys is not None, has_video, ts):
+            return
+        legacy = entry is not None and entry.info is not None and not p.multitrack
+        out = p.out_ts(ts, t)
+        mkey = (out, p.sid, legacy, p.framing)
+        data = memo.get(mkey, _UNSET)
+        if data is _UNSET:
+            payload = entry.legacy_payload() if entry is not None and legacy else msg.payload
+            csid = CSID_VIDEO if is_video else CSID_AUDIO
+            data = memo[mkey] = None if payload is None else p.frame(csid, out, t, p.sid, payload)
+        if data is None:
+            return
+        p.send_raw(data)
+        p.bytes_out += len(data)
+        if is_video:
+            p.video_frames += 1
+        else:
+            p.audio_frames += 1
+        if hkeys is not None:
+            for hkey in hkeys:
+                p.headers_sent[hkey] = msg
+        if not p.dirty:
+            p.dirty = True
+            self._dirty.append(p)
+
+    def _schedule_flush(self) -> None:
+        if self._dirty and not self._flush_pending:
             self._flush_pending = True
             asyncio.get_running_loop().call_soon(self._flush)
 
@@ -755,28 +920,24 @@ class Channel:
         if not p.dirty:
             p.dirty = True
             self._dirty.append(p)
-        if not self._flush_pending:
-            self._flush_pending = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        self._schedule_flush()
 
     def _flush(self) -> None:
         """Write what each player got this loop turn; start skipping for those behind."""
         self._flush_pending = False
         dirty = self._dirty
         self._dirty = []
+        base_limit = self.relay.config.player_max_buffer
         for p in dirty:
             p.dirty = False
-            out = p.out
-            if out.closed:
+            size = p.out.drain()
+            if size is None or p.skipping:
                 continue
-            out.flush()
-            if p.skipping:
-                continue
-            size = out.buffered()
-            base = p.max_buffer or self.relay.config.player_max_buffer
-            if p.limit > base and size <= base:
-                p.limit = base  # the join burst has drained
-            if size > p.limit:
+            base = p.max_buffer or base_limit
+            limit = p.limit
+            if limit > base and size <= base:
+                p.limit = limit = base  # the join burst has drained
+            if size > limit:
                 p.skipping = True
                 p.need_key = True
                 p.regate()
@@ -790,6 +951,67 @@ class Channel:
                     p.limit,
                     p.skips,
                 )
+
+
+class _Run:
+    """A run of messages framed for one cohort of players (`Channel._fan_out_run`), and
+    where it leaves their timeline."""
+
+    __slots__ = ("audio", "last", "offset", "pieces", "size", "video")
+
+    def __init__(
+        self,
+        pieces: list[bytes],
+        offset: int,
+        last: tuple[int, int, int],
+        size: int,
+        video: int,
+        audio: int,
+    ) -> None:
+        self.pieces = pieces
+        self.offset = offset
+        self.last = last
+        self.size = size
+        self.video = video
+        self.audio = audio
+
+
+def _frame_run(p: Player, run: list[tuple[Message, bool, bool, bool]]) -> _Run:
+    """Frame `run` for `p` (not gated, its offset set), moving its timeline on: what every
+    player in the same place of the same timeline gets. Outputs whose framed messages are
+    bytes (RTMP chunks, FLV tags) get them joined into one piece."""
+    off = p.offset
+    assert off is not None
+    last = p.last
+    sid = p.sid
+    frame = p.frame
+    pieces: list[bytes] = []
+    video = audio = 0
+    for msg, is_video, _key, _has_video in run:
+        ts = msg.timestamp
+        t = msg.type_id
+        kind = t & 3
+        out = (ts - off) & _MASK
+        if (out - last[kind]) & _MASK >= _HALF:
+            out = p.behind(ts, out, kind)
+            off = p.offset
+            assert off is not None
+        else:
+            last[kind] = out
+        if is_video:
+            pieces.append(frame(CSID_VIDEO, out, t, sid, msg.payload))
+            video += 1
+        else:
+            pieces.append(frame(CSID_AUDIO, out, t, sid, msg.payload))
+            audio += 1
+    size = sum(map(len, pieces))
+    if len(pieces) > 1 and p.framing >= -1:
+        pieces = [b"".join(pieces)]
+    return _Run(pieces, off, (last[0], last[1], last[2]), size, video, audio)
+
+
+def _type_of(item: Message | _Entry) -> int:
+    return item.type_id if type(item) is Message else cast(_Entry, item).msg.type_id
 
 
 def _stream_eof(p: Player) -> None:

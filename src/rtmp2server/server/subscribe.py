@@ -122,6 +122,12 @@ class Subscription:
     def buffered(self) -> int:
         return self._queued
 
+    def drain(self) -> int | None:
+        if self.closed:
+            return None
+        self.flush()
+        return self.buffered()
+
     def publish_notify(self, sid: int, name: str) -> None:
         pass  # no such message in the iteration: the messages just go on
 
