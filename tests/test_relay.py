@@ -662,6 +662,55 @@ def test_each_message_is_framed_once_for_players_that_share_a_timeline(
     run(main())
 
 
+def test_joiners_of_one_gop_share_its_framing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Players that join one after another while the same GOP is cached: it is framed once
+    for the first, each later one frames only what was cached since (and every player frames
+    its own decoder configuration), and all get the same bytes."""
+    from rtmp2server.server import relay
+
+    calls = 0
+    real = relay.frame_message
+
+    def counting(*args: Any) -> bytes:
+        nonlocal calls
+        calls += 1
+        return real(*args)
+
+    monkeypatch.setattr(relay, "frame_message", counting)
+    media = av_frames(25)  # one GOP (keyframe at frame 0): the cache holds all 50 messages
+
+    async def main() -> None:
+        async with server() as s:
+            pub = await Peer.open(s.port)
+            await pub.publish("joins")
+            await pub.send([(VIDEO, 0, AVC_SEQ), (AUDIO, 0, AAC_SEQ), *media[:40]])
+            await asyncio.sleep(0.05)
+            players = []
+            for _ in range(3):
+                p = await Peer.open(s.port)
+                await p.play("joins")
+                await p.wait(lambda p=p: len(p.av()) >= 2 + 40)
+                players.append(p)
+            assert calls == 40 + 3 * 2
+            await pub.send(media[40:])
+            late = await Peer.open(s.port)
+            await late.play("joins")
+            await late.wait(lambda: len(late.av()) >= 2 + 50)
+            # The late joiner framed its configuration and the 10 messages since; the first
+            # three players got those 10 live, framed once for them.
+            assert calls == 40 + 3 * 2 + 10 + 2 + 10
+            for p in players:
+                await p.wait(lambda p=p: len(p.av()) >= 2 + 50)
+            await pub.close()
+            for p in (*players, late):
+                await p.close()
+            first = players[0].av()
+            assert all(p.av() == first for p in (*players, late))
+            check_stream(first[2:], media)
+
+    run(main())
+
+
 def test_players_in_different_places_of_the_stream_each_get_their_own_timeline() -> None:
     """One write of the publisher, with a data message in its middle, fanned out to players
     that joined at different keyframes (a run is framed per place), one whose video is off

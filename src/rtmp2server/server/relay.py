@@ -360,10 +360,9 @@ class Channel:
         # The bounds of the GOP being cached (the configuration's as of its keyframe).
         self.gop_max_messages = 0
         self.gop_max_bytes = 0
-        # The GOP framed for the players that joined in this loop turn (`_send_gop`), by
-        # where they stand, for the GOP as of `_joins_of`.
+        # The cached GOP as framed for the players that joined since its keyframe, by where
+        # they stood (`_send_gop`).
         self._joins: dict[tuple[Any, ...], _Run] = {}
-        self._joins_of: tuple[int, int] | None = None
         self.has_video = False
         self._dirty: list[Player] = []
         self._flush_pending = False
@@ -594,6 +593,8 @@ class Channel:
         """Cache `msg` (as `item`: itself, or its `_Entry` when it is multitrack)."""
         if key:
             self.gop = [item]
+            if self._joins:
+                self._joins = {}
             # Decoder configuration as of this keyframe (metadata is sent as of the join).
             self.gop_headers = _unique(e for k, e in self.headers.items() if k != _METADATA_KEY)
             self.gop_bytes = msg.size
@@ -625,6 +626,7 @@ class Channel:
 
     def _drop_gop(self) -> None:
         self.gop = []
+        self._joins = {}
         self.gop_headers = []
         self.gop_bytes = 0
         self.caching = False
@@ -697,17 +699,12 @@ class Channel:
                 p.headers_sent[k] = entry.msg
 
     def _send_gop(self, p: Player) -> None:
-        """The cached GOP to a joining `p`. Players that join in the same loop turn in the
-        same place of the same timeline, with the same filters, get the same bytes: framed
-        once, and queued as one piece that they share (a slow joiner holds no copy of its
-        own)."""
+        """The cached GOP to a joining `p`. Players that join in the same place of the same
+        timeline, with the same filters, get the same bytes: the GOP is framed once for them
+        (each later joiner frames only what was cached since) and they share those pieces, so
+        that a joiner that does not read holds no copy of its own. Forgotten at each
+        keyframe."""
         gop = self.gop
-        stamp = (id(gop), len(gop))
-        if self._joins_of != stamp:
-            if self._joins_of is None:  # the first join of this loop turn
-                asyncio.get_running_loop().call_soon(self._forget_joins)
-            self._joins_of = stamp
-            self._joins = {}
         last = p.last
         key = (
             p.offset,
@@ -721,35 +718,37 @@ class Channel:
             p.audio,
         )
         run = self._joins.get(key)
-        if run is None:
-            pieces: list[bytes] = []
-            video = audio = 0
-            for item in gop:
-                data = self._frame_entry(p, item)
-                if data is not None:
-                    pieces.append(data)
-                    if _type_of(item) == VIDEO:
-                        video += 1
-                    else:
-                        audio += 1
-            size = sum(map(len, pieces))
-            if len(pieces) > 1 and p.framing >= -1:
-                pieces = [b"".join(pieces)]
-            assert p.offset is not None
-            run = self._joins[key] = _Run(
-                pieces, p.offset, (last[0], last[1], last[2]), size, video, audio
-            )
-        else:
+        if run is not None and run.count <= len(gop):
             p.offset = run.offset
             last[0], last[1], last[2] = run.last
-        for data in run.pieces:
+            pieces = list(run.pieces)
+            start, size, video, audio = run.count, run.size, run.video, run.audio
+        else:
+            pieces = []
+            start = size = video = audio = 0
+        new: list[bytes] = []
+        for i in range(start, len(gop)):
+            item = gop[i]
+            data = self._frame_entry(p, item)
+            if data is not None:
+                new.append(data)
+                if _type_of(item) == VIDEO:
+                    video += 1
+                else:
+                    audio += 1
+        if new:
+            size += sum(map(len, new))
+            if len(new) > 1 and p.framing >= -1:
+                new = [b"".join(new)]
+            pieces += new
+        assert p.offset is not None
+        self._joins[key] = _Run(
+            pieces, p.offset, (last[0], last[1], last[2]), size, video, audio, len(gop)
+        )
+        for data in pieces:
             p.send_raw(data)
-        p.video_frames += run.video
-        p.audio_frames += run.audio
-
-    def _forget_joins(self) -> None:
-        self._joins = {}
-        self._joins_of = None
+        p.video_frames += video
+        p.audio_frames += audio
 
     def _frame_entry(self, p: Player, item: Message | _Entry) -> bytes | None:
         """A cached message framed for `p` (moving its timeline on), or None when it gets
@@ -957,7 +956,7 @@ class _Run:
     """A run of messages framed for one cohort of players (`Channel._fan_out_run`), and
     where it leaves their timeline."""
 
-    __slots__ = ("audio", "last", "offset", "pieces", "size", "video")
+    __slots__ = ("audio", "count", "last", "offset", "pieces", "size", "video")
 
     def __init__(
         self,
@@ -967,8 +966,10 @@ class _Run:
         size: int,
         video: int,
         audio: int,
+        count: int = 0,
     ) -> None:
         self.pieces = pieces
+        self.count = count  # the messages framed (of a GOP, for joiners)
         self.offset = offset
         self.last = last
         self.size = size
