@@ -346,3 +346,60 @@ def test_publish_under_uvloop(tmp_path: Path) -> None:
     uvloop.run(asyncio.wait_for(main(), 30))
     tags = recording(tmp_path, "live", "uv")
     assert [(t.tag_type, t.timestamp, t.body) for t in tags[1:]] == media
+
+
+class _Batches:
+    """A sink that counts the batches (one per read from the publisher) and keeps messages."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.messages: list[tuple[int, int, bytes]] = []
+
+    def on_message(self, stream: Any, msg: Any) -> None:
+        self.on_messages(stream, [msg])
+
+    def on_messages(self, stream: Any, msgs: list[Any]) -> None:
+        self.batches += 1
+        self.messages += [(m.type_id, m.timestamp, m.payload) for m in msgs]
+
+    def on_end(self, stream: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("merge", [0.0, 0.1])
+def test_merged_reads_take_what_arrived_meanwhile_in_one_read(tmp_path: Path, merge: float) -> None:
+    """`merge_reads`: a publisher writing a message every 5 ms is read once per merge tick
+    (about every 0.1 s), with every message in order; without it, about once per write."""
+    media = frames(40)
+    sink = _Batches()
+
+    async def main() -> None:
+        cfg = ServerConfig(host="127.0.0.1", port=0, record_dir=tmp_path, merge_reads=merge)
+        async with RTMPServer(cfg) as s:
+            s.registry.on_start.append(lambda stream: stream.add_sink(sink))
+            c = await AsyncClient.open(s.port)
+            sid, status = await c.publish("merged")
+            assert status.info["code"] == "NetStream.Publish.Start"
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            for t, ts, payload in media:
+                c.conn.send_media(sid, t, ts, payload)
+                await c.flush()
+                await asyncio.sleep(0.005)
+            took = loop.time() - t0
+            await wait_for(lambda: len(sink.messages) == len(media))
+            await c.close()
+            await wait_for(lambda: len(s.registry) == 0)
+            print(
+                f"merge_reads {merge}: {sink.batches} reads for {len(media)} writes in {took:.2f} s"
+            )
+            if merge:
+                # Reads at most once a tick (plus the one that starts each).
+                assert sink.batches <= 2 * (took / merge + 2), (sink.batches, took)
+            else:
+                assert sink.batches > len(media) / 2, sink.batches
+
+    run(main())
+    assert sink.messages == media
+    tags = recording(tmp_path, "live", "merged")
+    assert [(t.tag_type, t.timestamp, t.body) for t in tags] == media

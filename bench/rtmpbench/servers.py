@@ -312,22 +312,32 @@ def ours_at(name: str) -> ServerSpec:
     )
 
 
-def with_workers(base: ServerSpec, workers: int, name: str) -> ServerSpec:
-    """`base` (ours) started with `--workers N`: N processes on one port (SO_REUSEPORT), a
-    stream played on another worker than its publisher's pulled over a local link."""
+def with_args(base: ServerSpec, args: list[str], name: str) -> ServerSpec:
+    """`base` (ours) started with `args` added: `--workers N` (N processes on one port,
+    SO_REUSEPORT; a stream played on another worker than its publisher's is pulled over a
+    local link), `--merge-reads S`."""
 
     def command(work: Path, port: int, rec: Path) -> list[str]:
-        return [*base.command(work, port, rec), "--workers", str(workers)]
+        return [*base.command(work, port, rec), *args]
 
     return ServerSpec(name, base.can_play, command, env=base.env, available=base.available)
 
 
+# Suffixes of ours' names: `+wN` runs N workers, `+mrN` merges reads over N ms.
+_SUFFIXES = {
+    "+w": lambda n: ["--workers", str(n)],
+    "+mr": lambda n: ["--merge-reads", str(n / 1000)],
+}
+
+
 def spec(name: str) -> ServerSpec:
     """A server by name: one of SERVERS, `ours@REV` (see `ours_at`), or either of ours with
-    `+wN` (`ours+uvloop+w2`: `--workers 2`, see `with_workers`)."""
-    base, sep, workers = name.rpartition("+w")
-    if sep and workers.isdigit() and base.startswith("ours"):
-        return with_workers(spec(base), int(workers), name)
+    `+wN` (`ours+uvloop+w2`: `--workers 2`) or `+mrN` (`ours+uvloop+mr50`: `--merge-reads
+    0.05`), see `with_args`."""
+    for suffix, args in _SUFFIXES.items():
+        base, sep, value = name.rpartition(suffix)
+        if sep and value.isdigit() and base.startswith("ours"):
+            return with_args(spec(base), args(int(value)), name)
     if name.startswith("ours@"):
         return ours_at(name)
     return SERVERS[name]

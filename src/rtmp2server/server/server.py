@@ -50,6 +50,10 @@ READ_SIZE = 256 * 1024  # bytes asked of the socket per read, as asyncio and uvl
 TAKEN = "already being published"
 REFUSAL_LINGER = 0.5  # seconds a refused publisher's connection stays for it to read why
 FD_RESERVE = 64  # file descriptors kept for the listeners, the log, the loop and the like
+# Why reading from a session is paused (`Session._pause`): bits, reading resumes when none is.
+PAUSED_BY_SINK = 1  # a sink of its publish cannot keep up (back-pressure)
+PAUSED_PENDING = 2  # a publish whose answer is awaited holds `max_pending_bytes`
+PAUSED_MERGE = 4  # merged reads (`merge_reads`): waiting for the next merge tick
 
 
 PublishHandler = Callable[[Stream], "bool | Awaitable[bool]"]
@@ -98,6 +102,7 @@ class Session(asyncio.BufferedProtocol):
         self.last_message = self.accepted_at
         self.started = False  # a publish or play has been asked for
         self._timer: asyncio.TimerHandle | None = None
+        self._paused = 0  # PAUSED_* bits
         self.closed = False
         self.close_reason: str | None = None  # why we closed it, when we did
         self._tasks: set[asyncio.Future[None]] = set()  # access decisions of plays
@@ -153,6 +158,9 @@ class Session(asyncio.BufferedProtocol):
             self.close("internal error")
             return
         self.flush()
+        if self.published and self.server.config.merge_reads > 0 and not self.closed:
+            self._pause(PAUSED_MERGE)
+            self.server._merge_later(self)
 
     def _dispatch(self, items: list[Any], *, events: bool = True) -> None:
         """Media messages to their stream's sinks, a run of one stream's messages at once;
@@ -342,9 +350,8 @@ class Session(asyncio.BufferedProtocol):
             flash_ver=conn.flash_ver,
             tc_url=conn.tc_url,
         )
-        if self.transport is not None:
-            stream.pause_reading = self.transport.pause_reading
-            stream.resume_reading = self.transport.resume_reading
+        stream.pause_reading = lambda: self._pause(PAUSED_BY_SINK)
+        stream.resume_reading = lambda: self._unpause(PAUSED_BY_SINK)
         sid = req.stream_id
         stream.close = lambda reason: self._close_publish(sid, reason)
         access = self.server.access
@@ -502,7 +509,7 @@ class Session(asyncio.BufferedProtocol):
         held = pending.held
         pending.held = []
         if pending.paused:
-            self._resume_reading()
+            self._unpause(PAUSED_PENDING)
         try:
             self._answer_publish(pending.request, pending.stream, accepted)
             if accepted and held:
@@ -577,10 +584,20 @@ class Session(asyncio.BufferedProtocol):
             and self.transport is not None
         ):
             pending.paused = True
-            self.transport.pause_reading()
+            self._pause(PAUSED_PENDING)
 
-    def _resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+    def _pause(self, why: int) -> None:
+        """Stop reading from the peer for `why` (a PAUSED_* bit) until `_unpause(why)`."""
+        if not self._paused and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self._paused |= why
+
+    def _unpause(self, why: int) -> None:
+        """`why` no longer holds reading back; it resumes once nothing else does."""
+        if not self._paused & why:
+            return
+        self._paused &= ~why
+        if not self._paused and self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
     def _drop_pending(self, stream_id: int, why: str) -> None:
@@ -600,7 +617,7 @@ class Session(asyncio.BufferedProtocol):
             len(pending.held),
         )
         if pending.paused:
-            self._resume_reading()
+            self._unpause(PAUSED_PENDING)
 
     def _close_publish(self, stream_id: int, reason: str) -> None:
         """Another publisher takes this publish's name over: end it (its recording is
@@ -754,6 +771,24 @@ class RTMPServer:
         self.publish_gate: Callable[[Stream], Awaitable[bool]] | None = None
         # One receive buffer for all sessions: a read is copied out of it before the next.
         self._read_view = memoryview(bytearray(READ_SIZE))
+        # Merged reads: the publishers paused since the last merge tick, and its timer.
+        self._merging: list[Session] = []
+        self._merge_timer: asyncio.TimerHandle | None = None
+
+    def _merge_later(self, session: Session) -> None:
+        """Resume reading from `session` at the next merge tick: one timer for all the
+        publishers, so that a read from each takes what `merge_reads` seconds brought."""
+        self._merging.append(session)
+        if self._merge_timer is None:
+            loop = asyncio.get_running_loop()
+            self._merge_timer = loop.call_later(self.config.merge_reads, self._merge_tick)
+
+    def _merge_tick(self) -> None:
+        self._merge_timer = None
+        sessions = self._merging
+        self._merging = []
+        for session in sessions:
+            session._unpause(PAUSED_MERGE)
 
     def reconfigure(self, new: ServerConfig) -> None:
         """A configuration read again (SIGHUP): new connections and requests get it; running
@@ -981,6 +1016,10 @@ class RTMPServer:
             # At once, not when the transport gets to it: the recordings are finished even if
             # this coroutine is cancelled at its next await (Ctrl-C under asyncio.run).
             session.connection_lost(None)
+        if self._merge_timer is not None:
+            self._merge_timer.cancel()
+            self._merge_timer = None
+        self._merging = []
         await self.pushes.close()
         if self._server is not None:
             await self._server.wait_closed()
