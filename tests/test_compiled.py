@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,9 @@ def _both(name: str) -> tuple[ModuleType, ModuleType]:
 CHUNK_PY, CHUNK_C = _both("chunk") if _compiled.extension_path("chunk") else (None, None)
 
 
+MESSAGE_TYPES = (Message,) if CHUNK_C is None else (Message, CHUNK_C.Message)
+
+
 def _chunk_modules() -> tuple[ModuleType, ModuleType]:
     if CHUNK_PY is None or CHUNK_C is None:
         return _both("chunk")  # fails, saying why
@@ -86,8 +90,9 @@ def _implementations_in_child(pure: bool) -> str:
         env[_compiled.PURE_ENV] = "1"
     env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
     code = (
-        "from rtmp2server.protocol import _compiled, chunk, flv\n"
-        "print(sorted(_compiled.implementations().items()), chunk.__file__, flv.__file__)"
+        "from rtmp2server.protocol import _compiled, chunk, flv, messages\n"
+        "print(sorted(_compiled.implementations().items()), chunk.__file__, flv.__file__,"
+        " messages.__file__)"
     )
     return subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
@@ -96,11 +101,39 @@ def _implementations_in_child(pure: bool) -> str:
 
 def test_rtmp2_pure_forces_the_sources_and_the_build_is_chosen_without_it() -> None:
     forced = _implementations_in_child(pure=True)
-    assert forced.startswith("[('chunk', 'pure'), ('flv', 'pure')]")
-    assert forced.count(".py") >= 2 and ".so" not in forced
+    assert forced.startswith("[('chunk', 'pure'), ('flv', 'pure'), ('messages', 'pure')]")
+    assert forced.count(".py") >= 3 and ".so" not in forced
     _chunk_modules()  # the build is there
     chosen = _implementations_in_child(pure=False)
-    assert chosen.startswith("[('chunk', 'compiled'), ('flv', 'compiled')]"), chosen
+    assert chosen.startswith(
+        "[('chunk', 'compiled'), ('flv', 'compiled'), ('messages', 'compiled')]"
+    ), chosen
+
+
+def test_one_stale_extension_makes_all_of_them_run_their_sources(tmp_path: Path) -> None:
+    """The compiled chunk reader makes the compiled `Message` type: with the source of
+    `messages` newer than its build, none of them runs compiled (and a warning says so)."""
+    _chunk_modules()  # the build is there
+    shutil.copytree(SRC / "rtmp2server", tmp_path / "src/rtmp2server")
+    (tmp_path / "pyproject.toml").touch()  # a source checkout: file times count
+    source = tmp_path / "src/rtmp2server/protocol/messages.py"
+    later = max(p.stat().st_mtime for p in source.parent.glob("*.so")) + 60
+    os.utime(source, (later, later))
+    env = {k: v for k, v in os.environ.items() if k != _compiled.PURE_ENV}
+    env["PYTHONPATH"] = str(tmp_path / "src")
+    code = (
+        "from rtmp2server.protocol import _compiled, chunk\n"
+        "print(sorted(_compiled.implementations().items()))\n"
+        "print(chunk.ChunkReader().feed(chunk.ChunkWriter().write(3, 0, 9, 1, b'x')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.splitlines() == [
+        "[('chunk', 'pure'), ('flv', 'pure'), ('messages', 'pure')]",
+        "[Message(csid=3, timestamp=0, type_id=9, stream_id=1, payload=<1 bytes>)]",
+    ]
+    assert "the compiled messages is missing or older than its source" in done.stderr
 
 
 # --- the differential harness ----------------------------------------------------------------
@@ -149,7 +182,9 @@ def assert_same_reading(pieces: list[bytes], **limits: int) -> list[Any]:
 
 
 def _item(item: Any) -> Any:
-    return ("message", *_msg(item)) if isinstance(item, Message) else item
+    # Where the process runs the sources, the compiled reader's messages are the compiled
+    # module's `Message` (the one type compiled code makes), the connection's own the source's.
+    return ("message", *_msg(item)) if isinstance(item, MESSAGE_TYPES) else item
 
 
 def connection_trace(mod: ModuleType, pieces: list[bytes]) -> list[Any]:
@@ -334,6 +369,67 @@ def test_compiled_reader_reads_real_captures_and_their_mutants_as_the_pure_one(
             assert connection_trace(compiled, whole) == connection_trace(pure, whole)
     # The mutants reach the errors, not only the happy path (most mutations break the stream).
     assert 20 < raised < 240
+
+
+# --- messages --------------------------------------------------------------------------------
+
+_PARSERS = (
+    "parse_set_chunk_size",
+    "parse_abort",
+    "parse_acknowledgement",
+    "parse_window_ack_size",
+    "parse_set_peer_bandwidth",
+    "parse_user_control",
+)
+
+
+def _outcome(fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except Exception as err:  # the type and the words are what must agree
+        return ("raise", type(err).__name__, str(err))
+
+
+def _message_outcome(mod: ModuleType, fields: tuple[int, int, int, int], parts: list[bytes]) -> Any:
+    whole = mod.Message(*fields, b"".join(parts))
+    msg = mod.Message.from_pieces(*fields, [memoryview(p) for p in parts], sum(map(len, parts)))
+    before = (bytes(msg.head), [bytes(p) for p in msg.pieces()], msg.size, repr(msg))
+    joined = (msg.payload, [bytes(p) for p in msg.pieces()], bytes(msg.head), repr(msg))
+    return (
+        before,
+        joined,
+        (whole.payload, bytes(whole.head), whole.pieces(), whole.size, repr(whole)),
+        (msg == whole, msg != whole, msg == mod.Message(*fields, b"?"), msg == fields),
+        _outcome(hash, msg),
+        _outcome(setattr, msg, "extra", 1)[:2],
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    body=st.binary(max_size=12),
+    fields=st.tuples(*[st.integers(0, 0xFFFFFFFF)] * 4),
+    parts=st.lists(st.binary(min_size=1, max_size=9), min_size=1, max_size=4),
+    args=st.lists(st.integers(0, 0x1FFFFFFFF), max_size=3),
+)
+def test_compiled_messages_behave_as_the_pure_ones(
+    body: bytes, fields: tuple[int, int, int, int], parts: list[bytes], args: list[int]
+) -> None:
+    pure, compiled = _both("messages")
+    for name in _PARSERS:
+        assert _outcome(getattr(compiled, name), body) == _outcome(getattr(pure, name), body)
+    assert _message_outcome(compiled, fields, parts) == _message_outcome(pure, fields, parts)
+    for name, values in (
+        ("u32", args[:1] or [0]),
+        ("set_peer_bandwidth_body", [fields[0], fields[1] & 0x1FF]),
+        ("user_control_body", [fields[2] & 0x1FFFF, *args]),
+    ):
+        got = _outcome(getattr(compiled, name), *values)
+        assert got == _outcome(getattr(pure, name), *values), (name, values)
+    assert [(e.name, e.value) for e in compiled.MessageType] == [
+        (e.name, e.value) for e in pure.MessageType
+    ]
+    assert compiled.MessageType(9) == compiled.VIDEO == 9
 
 
 # --- FLV -------------------------------------------------------------------------------------

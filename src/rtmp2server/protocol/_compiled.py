@@ -10,6 +10,11 @@ any of these modules is imported, that loads the source file instead). In a sour
 checkout, an extension older than its source (edited after an editable install built it) is
 not used.
 
+The compiled modules run together or not at all: mypyc compiles a native class (`Message`) into
+one C type, which the compiled modules that use it (`chunk`, `flv`) make and take directly, so
+they need the compiled module that defines it, never its source. One stale extension makes them
+all run their sources.
+
 `implementation(module)` says which one a loaded module is; `load(name, compiled=...)` loads
 one of the two explicitly, for the tests that compare them (the differential fuzz) and the
 micro-benchmark, without disturbing the module the rest of the process uses.
@@ -29,7 +34,7 @@ from types import ModuleType
 
 PACKAGE = __name__.rpartition(".")[0]
 # The modules mypyc compiles, by name within this package (setup.py reads this list).
-COMPILED = ("chunk", "flv")
+COMPILED = ("chunk", "flv", "messages")
 PURE_ENV = "RTMP2_PURE"
 _DIR = Path(__file__).resolve().parent
 
@@ -74,9 +79,36 @@ def stale() -> list[str]:
     out = []
     for name in COMPILED:
         ext = extension_path(name)
-        if ext is None or (checkout and ext.stat().st_mtime < source_path(name).stat().st_mtime):
+        if ext is None:
             out.append(name)
+        elif checkout:
+            # The extension is a small loader of the library mypyc built the code into
+            # (`<name>__mypyc`); a rebuild may rewrite only the library.
+            lib = extension_path(f"{name}__mypyc")
+            built = max(p.stat().st_mtime for p in (ext, lib) if p is not None)
+            if built < source_path(name).stat().st_mtime:
+                out.append(name)
     return out
+
+
+class _CompiledFinder(importlib.abc.MetaPathFinder):
+    """Finds the extension module of the modules in `names` (while `load` loads one)."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = frozenset(names)
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        package, _, name = fullname.rpartition(".")
+        ext = extension_path(name) if package == PACKAGE and name in self.names else None
+        if ext is None:
+            return None
+        loader = importlib.machinery.ExtensionFileLoader(fullname, str(ext))
+        return importlib.util.spec_from_file_location(fullname, ext, loader=loader)
 
 
 class _PureFinder(importlib.abc.MetaPathFinder):
@@ -100,18 +132,21 @@ class _PureFinder(importlib.abc.MetaPathFinder):
 def install() -> None:
     """Called by the package on import: with `RTMP2_PURE=1`, a finder in front that loads
     the sources; without, the same for an extension older than its source (it would run code
-    that is no longer there), with a warning that names it."""
-    if forced_pure():
-        names = list(COMPILED)
-    else:
-        names = [n for n in stale() if extension_path(n) is not None]
-        if names:
+    that is no longer there) or a missing one beside built ones, with a warning that names it,
+    for all of them: a compiled module needs the compiled modules it uses (see above)."""
+    names = [n for n in COMPILED if extension_path(n) is not None]
+    if names and not forced_pure():
+        unusable = stale()
+        if unusable:
             warnings.warn(
-                f"{PACKAGE}: the compiled {', '.join(names)} is older than its source; "
-                "running the source (scripts/setup.sh or pip install -e . rebuilds it)",
+                f"{PACKAGE}: the compiled {', '.join(unusable)} is missing or older than its "
+                "source; running the sources (scripts/setup.sh or pip install -e . rebuilds "
+                "them)",
                 RuntimeWarning,
                 stacklevel=2,
             )
+        else:
+            names = []
     if names and not any(isinstance(f, _PureFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _PureFinder(names))
 
@@ -121,9 +156,11 @@ def load(name: str, *, compiled: bool) -> ModuleType:
 
     The pure one is loaded from its source under a name of its own (`_pure_<name>`, in this
     package and in `sys.modules`, so that its relative imports resolve to the modules the
-    process uses). The compiled one can only be loaded under its own name: it is imported as
-    usual, or, when the process runs the pure one, loaded from its file with the process's
-    module put back afterwards. Raises `ImportError` when the compiled module was not built."""
+    process uses). The compiled one can only be loaded under its own name: it is the process's
+    one, or, when the process runs the sources, imported with the process's sources of these
+    modules out of the way and the extensions found first, so that the modules it imports of
+    these are compiled too (it uses their native classes); the process's modules are put back
+    afterwards. Raises `ImportError` when the compiled module was not built."""
     fullname = f"{PACKAGE}.{name}"
     if not compiled:
         spec = importlib.util.spec_from_file_location(f"{PACKAGE}._pure_{name}", source_path(name))
@@ -135,19 +172,29 @@ def load(name: str, *, compiled: bool) -> ModuleType:
     current = sys.modules.get(fullname)
     if current is not None and implementation(current) == "compiled":
         return current
-    path = extension_path(name)
-    if path is None:
+    if extension_path(name) is None:
         raise ImportError(f"{fullname}: no compiled module beside {source_path(name)}")
-    loader = importlib.machinery.ExtensionFileLoader(fullname, str(path))
-    spec = importlib.util.spec_from_file_location(fullname, path, loader=loader)
-    assert spec is not None
+    package = sys.modules[PACKAGE]
+    modules = {n: sys.modules.get(f"{PACKAGE}.{n}") for n in COMPILED}
+    attributes = {n: package.__dict__.get(n) for n in COMPILED}
+    for n, loaded in modules.items():
+        if loaded is not None and implementation(loaded) == "pure":
+            del sys.modules[f"{PACKAGE}.{n}"]
+    finder = _CompiledFinder(COMPILED)
+    sys.meta_path.insert(0, finder)
     try:
-        module = importlib.util.module_from_spec(spec)
-        loader.exec_module(module)
+        return importlib.import_module(fullname)
     finally:
-        # Loading an extension module registers it under its name: put the process's back.
-        if current is not None:
-            sys.modules[fullname] = current
-        else:
-            sys.modules.pop(fullname, None)
-    return module
+        # Importing registers a module under its name and as its package's attribute: put the
+        # process's back.
+        sys.meta_path.remove(finder)
+        for n, loaded in modules.items():
+            if loaded is None:
+                sys.modules.pop(f"{PACKAGE}.{n}", None)
+            else:
+                sys.modules[f"{PACKAGE}.{n}"] = loaded
+        for n, value in attributes.items():
+            if value is None:
+                package.__dict__.pop(n, None)
+            else:
+                setattr(package, n, value)
