@@ -121,8 +121,8 @@ class Message:
     ) -> Message:
         """A message whose payload is the concatenation of `parts` (read-only buffers that
         nobody changes), `size` bytes in all."""
-        # Made through `__init__` and then changed, not through `__new__`: compiled, both are
-        # direct calls to C, and a native class has no `__new__` of its own to call.
+        # Made through `__init__` and then changed: compiled, that is a direct call into C,
+        # where `cls.__new__(cls)` would go through the interpreter.
         msg = Message(csid, timestamp, type_id, stream_id, b"")
         msg.size = size
         msg._payload = None
