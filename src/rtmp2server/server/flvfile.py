@@ -11,15 +11,18 @@ leaves a readable FLV file that lacks at most the last `flush_interval` seconds.
 only a killed process).
 
 A recording is written, not read back, so its pages do not stay in the page cache: every
-`drop_window` bytes written, the pages of the window are handed to the kernel's writeback, and
-the window before, which is on the disk by then, is dropped from the cache
-(`posix_fadvise(POSIX_FADV_DONTNEED)`, which drops clean pages only: nothing is lost). The
-pages a recording frees are the ones its next writes take, so it writes to a few megabytes of
-memory in use instead of taking a page of memory the kernel had free for every 4 KiB. On a VM
-that hands free memory back to its host (virtio-balloon free page reporting) a page taken that
-way costs several times the copy into it: buffered writes of 600 MB took 1.9-3.4 s of CPU per
-GB that way against 0.3 in recycled pages (bench/README.md). The disk also gets the stream as
-it comes instead of in bursts of dirty memory every 30 s.
+`drop_window` bytes written, the pages of that window are handed to the kernel's writeback and
+those of the window before, on the disk by then, are dropped from the cache
+(`posix_fadvise(POSIX_FADV_DONTNEED)` drops clean pages only: nothing is lost, and a page still
+being written stays). A recording's next writes then take the pages its last ones freed, a few
+megabytes in use, instead of a fresh page of free memory for every 4 KiB. On the bench's VM a
+page of memory not touched for a while costs several times its copy the first time it backs
+the page cache (600 MB of 256 KiB writes: 0.3 s of CPU per GB into recycled pages, 1.9-3.4 s
+when the kernel handed out such pages; bench/README.md), and which pages a write gets depends
+on everything else the machine did. The costs: the writeback of the recording runs in the
+writer's system calls instead of the kernel's flusher threads, and the cache is no help to a
+reader of a recording while it is being written. What the disk gets comes as the stream does,
+not in bursts of dirty memory every 30 s.
 
 A file that its owner never closes is still finished: when the `FLVFile` is garbage-collected,
 and at interpreter exit for every file still open, held tags are written, the header flags
