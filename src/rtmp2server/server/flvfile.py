@@ -16,13 +16,14 @@ those of the window before, on the disk by then, are dropped from the cache
 (`posix_fadvise(POSIX_FADV_DONTNEED)` drops clean pages only: nothing is lost, and a page still
 being written stays). A recording's next writes then take the pages its last ones freed, a few
 megabytes in use, instead of a fresh page of free memory for every 4 KiB. On the bench's VM a
-page of memory not touched for a while costs several times its copy the first time it backs
-the page cache (600 MB of 256 KiB writes: 0.3 s of CPU per GB into recycled pages, 1.9-3.4 s
-when the kernel handed out such pages; bench/README.md), and which pages a write gets depends
-on everything else the machine did. The costs: the writeback of the recording runs in the
-writer's system calls instead of the kernel's flusher threads, and the cache is no help to a
-reader of a recording while it is being written. What the disk gets comes as the stream does,
-not in bursts of dirty memory every 30 s.
+page of memory nobody touched for a while costs several times its copy the first time it backs
+the page cache, and which pages a write gets depends on everything else the machine did: the
+ingest figure of the same build ranged 1.1-3.1 s of CPU per GB from run to run, 1.2-1.9 with
+the pages dropped (bench/README.md, "Recordings and the page cache"). The costs: the writeback
+of the recording runs in the writer's system calls instead of the kernel's flusher threads
+(0.15 s/GB on warm memory, `rtmpbench.pagecache`), and the cache is no help to a reader of a
+recording while it is being written. The disk gets the stream as it comes, not in bursts of
+dirty memory every 30 s.
 
 A file that its owner never closes is still finished: when the `FLVFile` is garbage-collected,
 and at interpreter exit for every file still open, held tags are written, the header flags
