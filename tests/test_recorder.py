@@ -4,7 +4,9 @@
   shortened with a hash to exactly the file system's 255 bytes, collisions never overwrite.
 - The writer (`server.flvfile`): writev batches and short writes, held tags written by size and
   by time on a real event loop, fsync when configured (counted through `os.fsync`), files
-  finished when dropped or at interpreter exit, a failing disk stops one recording cleanly.
+  finished when dropped or at interpreter exit, a failing disk stops one recording cleanly;
+  written pages handed to writeback and out of the page cache a window behind (the real
+  posix_fadvise, the calls logged), never with drop_window 0, and a pipe written all the same.
 - End to end: Debian ffmpeg publishes a 240 kbit/s stream in real time into `rtmp2-server`,
   which is SIGKILLed 5 s in; ffprobe must find every frame sent up to a second before the kill.
 """
@@ -245,11 +247,17 @@ def test_recorder_that_cannot_open_lazily_leaves_one_log_line(
     assert lines[0].exc_info is None  # a line, not a traceback
 
 
-def test_recorder_options_are_checked() -> None:
+def test_recorder_options_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="flush_interval"):
         Recorder(Path("."), flush_interval=-1)
-    rec = Recorder(Path("."), flush_interval=0.5, fsync_interval=2.0)
+    with pytest.raises(ValueError, match="drop_window -1"):
+        Recorder(Path("."), drop_window=-1)
+    rec = Recorder(tmp_path, flush_interval=0.5, fsync_interval=2.0, drop_window=0)
     assert (rec.flush_interval, rec.fsync_interval) == (0.5, 2.0)
+    s = stream()
+    rec.open(s)
+    assert rec._file is not None and rec._file.drop_window == 0  # handed to the file
+    rec.on_end(s)
 
 
 def test_disk_error_stops_one_recording_with_one_line(
@@ -514,6 +522,82 @@ def test_fsync_without_a_loop_on_the_next_write(
     assert len(fsyncs.fds) == 1
     f.close()
     assert len(fsyncs.fds) == 2
+
+
+# --- the page cache ------------------------------------------------------------------------
+
+PAGE = flvfile._PAGE
+
+
+class FadviseLog:
+    """Every posix_fadvise of the writer, with the file's size at the call; then the real one."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[int, int, int, int]] = []  # offset, length, advice, size
+        real = os.posix_fadvise
+
+        def logged(fd: int, offset: int, length: int, advice: int) -> None:
+            self.calls.append((offset, length, advice, os.fstat(fd).st_size))
+            real(fd, offset, length, advice)
+
+        monkeypatch.setattr(flvfile, "_fadvise", logged)
+
+
+@pytest.fixture
+def fadvise(monkeypatch: pytest.MonkeyPatch) -> FadviseLog:
+    return FadviseLog(monkeypatch)
+
+
+def page_tags(n: int) -> list[flv.Tag]:
+    """`n` video tags of a quarter page of body each (the writer's page size)."""
+    return [flv.Tag(9, ts, bytes([ts & 0xFF]) * (PAGE // 4)) for ts in range(n)]
+
+
+def test_written_pages_leave_the_cache_one_window_behind(
+    tmp_path: Path, fadvise: FadviseLog
+) -> None:
+    path = tmp_path / "p.flv"
+    f = new_file(path, buffer_size=0, drop_window=3 * PAGE)
+    tags = page_tags(60)
+    for t in tags:
+        f.write_messages([item(t.tag_type, t.timestamp, t.body)])
+    f.close()
+    assert flv.read_flv(path.read_bytes())[1] == tags  # through the real fadvise: all there
+    # A call each time 3 more whole pages were written (the first page stays cached): from
+    # where the call before last ended, so each window is advised twice, once to start its
+    # writeback and once to drop it, up to the last whole page written, never beyond.
+    ends = list(range(4 * PAGE, f.size + 1, 3 * PAGE))
+    assert len(ends) >= 4
+    starts = [PAGE, PAGE, *ends[:-2]]
+    assert [(o, o + n) for o, n, _, _ in fadvise.calls] == list(zip(starts, ends, strict=True))
+    assert all(a == os.POSIX_FADV_DONTNEED for _, _, a, _ in fadvise.calls)
+    assert all(o + n <= size for o, n, _, size in fadvise.calls)
+
+
+def test_drop_window_zero_leaves_the_cache_alone(tmp_path: Path, fadvise: FadviseLog) -> None:
+    f = new_file(tmp_path / "q.flv", buffer_size=0, drop_window=0)
+    for t in page_tags(40):
+        f.write_messages([item(t.tag_type, t.timestamp, t.body)])
+    f.close()
+    assert fadvise.calls == []
+
+
+def test_a_pipe_is_written_without_dropping_anything(tmp_path: Path) -> None:
+    # posix_fadvise fails on a pipe (ESPIPE): the writer stops advising and goes on writing.
+    r, w = os.pipe()
+    try:
+        f = FLVFile(w, tmp_path / "pipe", audio=False, buffer_size=0, drop_window=PAGE)
+        tags = page_tags(16)  # 4 pages and a bit, within the pipe buffer (no flags to fix)
+        for t in tags:
+            f.write_messages([item(t.tag_type, t.timestamp, t.body)])
+        assert f.drop_window == 0
+        f.close()
+        data = b""
+        while chunk := os.read(r, 1 << 16):
+            data += chunk
+    finally:
+        os.close(r)
+    assert flv.read_flv(data)[1] == tags
 
 
 def test_a_failing_timer_write_closes_the_file_and_the_next_write_raises(

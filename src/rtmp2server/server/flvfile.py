@@ -10,6 +10,21 @@ leaves a readable FLV file that lacks at most the last `flush_interval` seconds.
 `fsync_interval`, written tags are also forced to the disk that often (for a power cut, not
 only a killed process).
 
+A recording is written, not read back, so its pages do not stay in the page cache: every
+`drop_window` bytes written, the pages of that window are handed to the kernel's writeback and
+those of the window before, on the disk by then, are dropped from the cache
+(`posix_fadvise(POSIX_FADV_DONTNEED)` drops clean pages only: nothing is lost, and a page still
+being written stays). A recording's next writes then take the pages its last ones freed, a few
+megabytes in use, instead of a fresh page of free memory for every 4 KiB. On the bench's VM a
+page of memory nobody touched for a while costs several times its copy the first time it backs
+the page cache, and which pages a write gets depends on everything else the machine did: the
+ingest figure of the same build ranged 1.1-3.1 s of CPU per GB from run to run, 1.2-1.9 with
+the pages dropped (bench/README.md, "Recordings and the page cache"). The costs: the writeback
+of the recording runs in the writer's system calls instead of the kernel's flusher threads
+(0.15 s/GB on warm memory, `rtmpbench.pagecache`), and the cache is no help to a reader of a
+recording while it is being written. The disk gets the stream as it comes, not in bursts of
+dirty memory every 30 s.
+
 A file that its owner never closes is still finished: when the `FLVFile` is garbage-collected,
 and at interpreter exit for every file still open, held tags are written, the header flags
 fixed and the descriptor closed.
@@ -36,8 +51,14 @@ log = get_logger(__name__)
 WRITE_BUFFER = 256 * 1024
 #: Seconds a held tag waits at most before it is written.
 FLUSH_INTERVAL = 1.0
+#: Bytes written between two hand-overs of a file's pages to writeback and out of the cache.
+DROP_WINDOW = 2 * 1024 * 1024
 # Pieces per writev: Linux's IOV_MAX (a longer list fails with EINVAL).
 _IOV_MAX = 1024
+# Only whole pages are dropped, never the first: close() rewrites the header flags in it, which
+# would read it back from the disk first.
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_fadvise = getattr(os, "posix_fadvise", None)  # not on macOS
 
 _open_files: weakref.WeakSet[FLVFile] = weakref.WeakSet()
 
@@ -65,6 +86,8 @@ class FLVFile:
     __slots__ = (
         "__weakref__",
         "_dirty",
+        "_drop_from",
+        "_drop_mark",
         "_encoder",
         "_error",
         "_fd",
@@ -74,7 +97,9 @@ class FLVFile:
         "_sync_timer",
         "_synced",
         "_timer",
+        "_written",
         "buffer_size",
+        "drop_window",
         "flush_interval",
         "fsync_interval",
         "path",
@@ -90,21 +115,27 @@ class FLVFile:
         buffer_size: int = WRITE_BUFFER,
         flush_interval: float = FLUSH_INTERVAL,
         fsync_interval: float = 0.0,
+        drop_window: int = DROP_WINDOW,
     ) -> None:
         """Write to `fd` (opened for writing at offset 0), which is the file's from now on:
-        closed by `close()`, or at once if this raises."""
+        closed by `close()`, or at once if this raises. `drop_window` 0 leaves the written
+        pages in the page cache."""
         self._fd = -1
         self.path = path
         self._error: OSError | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._sync_timer: asyncio.TimerHandle | None = None
         try:
-            if buffer_size < 0 or flush_interval < 0 or fsync_interval < 0:
+            if min(buffer_size, flush_interval, fsync_interval, drop_window) < 0:
                 raise ValueError(
-                    f"buffer_size {buffer_size}, flush_interval {flush_interval} and "
-                    f"fsync_interval {fsync_interval} must not be negative"
+                    f"buffer_size {buffer_size}, flush_interval {flush_interval}, fsync_interval "
+                    f"{fsync_interval} and drop_window {drop_window} must not be negative"
                 )
             self.buffer_size = buffer_size
+            self.drop_window = drop_window if _fadvise is not None else 0
+            self._written = 0  # bytes written to fd
+            # Pages from _drop_from on may be cached; from _drop_mark on, not yet handed over.
+            self._drop_from = self._drop_mark = _PAGE
             self.flush_interval = flush_interval
             self.fsync_interval = fsync_interval
             self._encoder = FLVEncoder(audio=audio, video=video)
@@ -129,6 +160,7 @@ class FLVFile:
         buffer_size: int = WRITE_BUFFER,
         flush_interval: float = FLUSH_INTERVAL,
         fsync_interval: float = 0.0,
+        drop_window: int = DROP_WINDOW,
     ) -> FLVFile:
         """A new file at `path` (FileExistsError if there is one: nothing is overwritten)."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -138,6 +170,7 @@ class FLVFile:
             buffer_size=buffer_size,
             flush_interval=flush_interval,
             fsync_interval=fsync_interval,
+            drop_window=drop_window,
         )
 
     @property
@@ -193,6 +226,8 @@ class FLVFile:
         self._queue = []
         self._queued = 0
         self._write(queue)
+        if self.drop_window and self._written - self._drop_mark >= self.drop_window:
+            self._drop_cache()
         if self.fsync_interval > 0:
             self._after_write()
 
@@ -237,6 +272,8 @@ class FLVFile:
             batch = parts[:_IOV_MAX]
             done = os.writev(fd, batch)
             total = sum(map(len, batch))
+            if done > 0:
+                self._written += done
             if done == total:
                 del parts[: len(batch)]
                 continue
@@ -249,6 +286,21 @@ class FLVFile:
                 i += 1
             parts[i] = parts[i][done:]
             del parts[:i]
+
+    def _drop_cache(self) -> None:
+        """Hand the pages written since the last call to writeback, and drop the ones of the
+        window before, written back by now (a page still being written stays cached)."""
+        end = self._written - self._written % _PAGE
+        if end <= self._drop_from:
+            return  # (a length of 0 would mean: to the end of the file)
+        assert _fadvise is not None
+        try:
+            _fadvise(self._fd, self._drop_from, end - self._drop_from, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            self.drop_window = 0  # not a file with a page cache (a pipe): nothing to drop
+            return
+        self._drop_from = self._drop_mark
+        self._drop_mark = end
 
     def _after_write(self) -> None:
         """fsync now if the last one is fsync_interval old, else arm a timer for it."""

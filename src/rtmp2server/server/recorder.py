@@ -25,10 +25,11 @@ from pathlib import Path
 
 from ..logs import get_logger
 from ..protocol.messages import DATA_AMF0, ON_METADATA, Message
-from .flvfile import FLUSH_INTERVAL, WRITE_BUFFER, FLVFile
+from .flvfile import DROP_WINDOW, FLUSH_INTERVAL, WRITE_BUFFER, FLVFile
 from .registry import Stream
 
 __all__ = [
+    "DROP_WINDOW",
     "FLUSH_INTERVAL",
     "WRITE_BUFFER",
     "Recorder",
@@ -131,6 +132,7 @@ def create_recording(
     buffer_size: int = WRITE_BUFFER,
     flush_interval: float = FLUSH_INTERVAL,
     fsync_interval: float = 0.0,
+    drop_window: int = DROP_WINDOW,
 ) -> FLVFile:
     """A new FLV file for app/name started at `when`, at a path no file had (each candidate
     is made with O_EXCL, so two recorders never share a file). RecordingError if the
@@ -144,6 +146,7 @@ def create_recording(
                     buffer_size=buffer_size,
                     flush_interval=flush_interval,
                     fsync_interval=fsync_interval,
+                    drop_window=drop_window,
                 )
             except FileExistsError:
                 continue
@@ -158,7 +161,9 @@ class Recorder:
 
     `flush_interval`: seconds a received tag may wait in memory before it is written (what a
     killed server can lose); `fsync_interval`: seconds between fsyncs of the file, 0 for none
-    (what a power cut can lose beyond that); `buffer_size`: bytes held at most between writes.
+    (what a power cut can lose beyond that); `buffer_size`: bytes held at most between writes;
+    `drop_window`: bytes written between two hand-overs of the file's pages to writeback and out
+    of the page cache, 0 to leave them cached (see `flvfile`).
     """
 
     def __init__(
@@ -168,16 +173,18 @@ class Recorder:
         flush_interval: float = FLUSH_INTERVAL,
         fsync_interval: float = 0.0,
         buffer_size: int = WRITE_BUFFER,
+        drop_window: int = DROP_WINDOW,
     ) -> None:
-        if flush_interval < 0 or fsync_interval < 0 or buffer_size < 0:
+        if min(flush_interval, fsync_interval, buffer_size, drop_window) < 0:
             raise ValueError(
-                f"flush_interval {flush_interval}, fsync_interval {fsync_interval} and "
-                f"buffer_size {buffer_size} must not be negative"
+                f"flush_interval {flush_interval}, fsync_interval {fsync_interval}, buffer_size "
+                f"{buffer_size} and drop_window {drop_window} must not be negative"
             )
         self.record_dir = record_dir
         self.flush_interval = flush_interval
         self.fsync_interval = fsync_interval
         self.buffer_size = buffer_size
+        self.drop_window = drop_window
         self.path: Path | None = None
         #: Why the recording stopped early (its file could not be made or written), or None.
         self.error: RecordingError | None = None
@@ -197,6 +204,7 @@ class Recorder:
             buffer_size=self.buffer_size,
             flush_interval=self.flush_interval,
             fsync_interval=self.fsync_interval,
+            drop_window=self.drop_window,
         )
         self._file = f
         self.path = f.path
