@@ -403,3 +403,38 @@ def test_merged_reads_take_what_arrived_meanwhile_in_one_read(tmp_path: Path, me
     assert sink.messages == media
     tags = recording(tmp_path, "live", "merged")
     assert [(t.tag_type, t.timestamp, t.body) for t in tags] == media
+
+
+def test_merged_reads_do_not_slow_a_bulk_push(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A publisher that sends more than a merge tick's worth at once (a file pushed without
+    -re, a burst) is read at once: only small reads wait for the next tick."""
+    media = frames(300)  # about 1.5 MB, written in one go
+    waits = 0
+    real = RTMPServer._merge_later
+
+    def counting(self: RTMPServer, session: Any) -> None:
+        nonlocal waits
+        waits += 1
+        real(self, session)
+
+    monkeypatch.setattr(RTMPServer, "_merge_later", counting)
+
+    async def main() -> None:
+        cfg = ServerConfig(host="127.0.0.1", port=0, record_dir=tmp_path, merge_reads=0.2)
+        async with RTMPServer(cfg) as s:
+            c = await AsyncClient.open(s.port)
+            sid, status = await c.publish("bulk")
+            assert status.info["code"] == "NetStream.Publish.Start"
+            for t, ts, payload in media:
+                c.conn.send_media(sid, t, ts, payload)
+            await c.flush()
+            await c.close()
+            await wait_for(lambda: len(s.registry) == 0)
+
+    run(main())
+    # 1.5 MB is at least six full 256 KiB reads; throttled, each would have waited a tick.
+    assert waits <= 3, waits
+    tags = recording(tmp_path, "live", "bulk")
+    assert [(t.tag_type, t.timestamp, t.body) for t in tags] == media

@@ -54,6 +54,7 @@ FD_RESERVE = 64  # file descriptors kept for the listeners, the log, the loop an
 PAUSED_BY_SINK = 1  # a sink of its publish cannot keep up (back-pressure)
 PAUSED_PENDING = 2  # a publish whose answer is awaited holds `max_pending_bytes`
 PAUSED_MERGE = 4  # merged reads (`merge_reads`): waiting for the next merge tick
+MERGE_BELOW = READ_SIZE // 4  # a read this large or larger is followed by the next at once
 
 
 PublishHandler = Callable[[Stream], "bool | Awaitable[bool]"]
@@ -158,7 +159,14 @@ class Session(asyncio.BufferedProtocol):
             self.close("internal error")
             return
         self.flush()
-        if self.published and self.server.config.merge_reads > 0 and not self.closed:
+        # Merged reads wait only after a small read: one that filled much of the buffer
+        # means more is waiting (a bulk push, a burst), and that is read at once.
+        if (
+            self.published
+            and len(data) < MERGE_BELOW
+            and self.server.config.merge_reads > 0
+            and not self.closed
+        ):
             self._pause(PAUSED_MERGE)
             self.server._merge_later(self)
 
