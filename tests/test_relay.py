@@ -620,24 +620,32 @@ def test_data_messages_are_relayed_and_metadata_updates_cached() -> None:
     run(main())
 
 
-def test_each_message_is_framed_once_for_players_that_share_a_timeline(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+class _Count:
+    n = 0
+
+
+@pytest.fixture
+def framings(monkeypatch: pytest.MonkeyPatch) -> _Count:
+    """Counts the relay's framings of a message (its `frame_message` calls)."""
     from rtmp2server.server import relay
 
-    calls = 0
+    count = _Count()
     real = relay.frame_message
 
     def counting(*args: Any) -> bytes:
-        nonlocal calls
-        calls += 1
+        count.n += 1
         return real(*args)
 
     monkeypatch.setattr(relay, "frame_message", counting)
+    return count
+
+
+def test_each_message_is_framed_once_for_players_that_share_a_timeline(
+    framings: _Count,
+) -> None:
     media = av_frames(40)
 
     async def main() -> None:
-        nonlocal calls
         async with server() as s:
             pub = await Peer.open(s.port)
             await pub.publish("shared")
@@ -647,7 +655,7 @@ def test_each_message_is_framed_once_for_players_that_share_a_timeline(
                 await p.play("shared")
             for p in players:
                 await p.wait(lambda p=p: len(p.av()) >= 12)
-            calls = 0
+            framings.n = 0
             await pub.send(media[10:])
             for p in players:
                 await p.wait(lambda p=p: len(p.av()) >= 2 + 80)
@@ -655,28 +663,17 @@ def test_each_message_is_framed_once_for_players_that_share_a_timeline(
             for p in players:
                 await p.close()
             # Ten players joined from the same cached keyframe: one framing per message.
-            assert calls == len(media[10:])
+            assert framings.n == len(media[10:])
             first = players[0].av()
             assert all(p.av() == first for p in players)
 
     run(main())
 
 
-def test_joiners_of_one_gop_share_its_framing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_joiners_of_one_gop_share_its_framing(framings: _Count) -> None:
     """Players that join one after another while the same GOP is cached: it is framed once
     for the first, each later one frames only what was cached since (and every player frames
     its own decoder configuration), and all get the same bytes."""
-    from rtmp2server.server import relay
-
-    calls = 0
-    real = relay.frame_message
-
-    def counting(*args: Any) -> bytes:
-        nonlocal calls
-        calls += 1
-        return real(*args)
-
-    monkeypatch.setattr(relay, "frame_message", counting)
     media = av_frames(25)  # one GOP (keyframe at frame 0): the cache holds all 50 messages
 
     async def main() -> None:
@@ -691,14 +688,14 @@ def test_joiners_of_one_gop_share_its_framing(monkeypatch: pytest.MonkeyPatch) -
                 await p.play("joins")
                 await p.wait(lambda p=p: len(p.av()) >= 2 + 40)
                 players.append(p)
-            assert calls == 40 + 3 * 2
+            assert framings.n == 40 + 3 * 2
             await pub.send(media[40:])
             late = await Peer.open(s.port)
             await late.play("joins")
             await late.wait(lambda: len(late.av()) >= 2 + 50)
             # The late joiner framed its configuration and the 10 messages since; the first
             # three players got those 10 live, framed once for them.
-            assert calls == 40 + 3 * 2 + 10 + 2 + 10
+            assert framings.n == 40 + 3 * 2 + 10 + 2 + 10
             for p in players:
                 await p.wait(lambda p=p: len(p.av()) >= 2 + 50)
             await pub.close()

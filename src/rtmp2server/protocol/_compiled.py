@@ -91,31 +91,13 @@ def stale() -> list[str]:
     return out
 
 
-class _CompiledFinder(importlib.abc.MetaPathFinder):
-    """Finds the extension module of the modules in `names` (while `load` loads one)."""
+class _Finder(importlib.abc.MetaPathFinder):
+    """Finds the modules in `names` as their source files (`compiled=False`: ahead of their
+    extension modules) or as their extension modules (while `load` loads one)."""
 
-    def __init__(self, names: Sequence[str]) -> None:
+    def __init__(self, names: Sequence[str], *, compiled: bool) -> None:
         self.names = frozenset(names)
-
-    def find_spec(
-        self,
-        fullname: str,
-        path: Sequence[str] | None,
-        target: ModuleType | None = None,
-    ) -> importlib.machinery.ModuleSpec | None:
-        package, _, name = fullname.rpartition(".")
-        ext = extension_path(name) if package == PACKAGE and name in self.names else None
-        if ext is None:
-            return None
-        loader = importlib.machinery.ExtensionFileLoader(fullname, str(ext))
-        return importlib.util.spec_from_file_location(fullname, ext, loader=loader)
-
-
-class _PureFinder(importlib.abc.MetaPathFinder):
-    """Finds the source file of the modules in `names`, ahead of their extension modules."""
-
-    def __init__(self, names: Sequence[str]) -> None:
-        self.names = frozenset(names)
+        self.compiled = compiled
 
     def find_spec(
         self,
@@ -126,7 +108,13 @@ class _PureFinder(importlib.abc.MetaPathFinder):
         package, _, name = fullname.rpartition(".")
         if package != PACKAGE or name not in self.names:
             return None
-        return importlib.util.spec_from_file_location(fullname, source_path(name))
+        if not self.compiled:
+            return importlib.util.spec_from_file_location(fullname, source_path(name))
+        ext = extension_path(name)
+        if ext is None:
+            return None
+        loader = importlib.machinery.ExtensionFileLoader(fullname, str(ext))
+        return importlib.util.spec_from_file_location(fullname, ext, loader=loader)
 
 
 def install() -> None:
@@ -147,8 +135,8 @@ def install() -> None:
             )
         else:
             names = []
-    if names and not any(isinstance(f, _PureFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _PureFinder(names))
+    if names and not any(isinstance(f, _Finder) and not f.compiled for f in sys.meta_path):
+        sys.meta_path.insert(0, _Finder(names, compiled=False))
 
 
 def load(name: str, *, compiled: bool) -> ModuleType:
@@ -180,7 +168,7 @@ def load(name: str, *, compiled: bool) -> ModuleType:
     for n, loaded in modules.items():
         if loaded is not None and implementation(loaded) == "pure":
             del sys.modules[f"{PACKAGE}.{n}"]
-    finder = _CompiledFinder(COMPILED)
+    finder = _Finder(COMPILED, compiled=True)
     sys.meta_path.insert(0, finder)
     try:
         return importlib.import_module(fullname)
