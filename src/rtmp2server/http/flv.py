@@ -31,6 +31,7 @@ from ..logs import get_logger
 from ..protocol import flv
 from ..protocol.messages import DATA_AMF0
 from ..server.access import Request
+from ..server.relay import flush_then_buffered
 
 if TYPE_CHECKING:
     from ..server.relay import Player
@@ -100,11 +101,7 @@ class HTTPFLVPlayer:
         socket = 0 if transport is None else transport.get_write_buffer_size()
         return self._queued + socket
 
-    def drain(self) -> int | None:
-        if self.closed:
-            return None
-        self.flush()
-        return self.buffered()
+    drain = flush_then_buffered
 
     def publish_notify(self, sid: int, name: str) -> None:
         # FLV has no such message: the tags just go on. A response still waiting for its

@@ -45,7 +45,7 @@ from ..logs import get_logger, redact_query
 from ..protocol.connection import CSID_DATA
 from ..protocol.messages import DATA_AMF0
 from .registry import Stream, StreamRegistry
-from .relay import Channel, Player, Relay, frame_message
+from .relay import Channel, Player, Relay, flush_then_buffered, frame_message
 
 log = get_logger(__name__)
 
@@ -174,11 +174,7 @@ class PushOutput:
         client = self.client
         return self._queued + (0 if client is None else client.buffered())
 
-    def drain(self) -> int | None:
-        if self.closed:
-            return None
-        self.flush()
-        return self.buffered()
+    drain = flush_then_buffered
 
     def connected(self, client: Client) -> None:
         """The target accepted the publish: what was queued goes out, then everything at once."""

@@ -48,6 +48,7 @@ default track (track id 0) of multitrack streams, rewritten as ordinary E-RTMP m
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -134,6 +135,14 @@ class Output(Protocol):
     def not_found(self, sid: int, name: str, description: str) -> None: ...
 
 
+def flush_then_buffered(out: Output) -> int | None:
+    """`Output.drain` for an output with no faster way: `flush`, then `buffered`."""
+    if out.closed:
+        return None
+    out.flush()
+    return out.buffered()
+
+
 class RTMPOutput:
     """An RTMP session's message stream as a player `Output`."""
 
@@ -168,12 +177,7 @@ class RTMPOutput:
         transport = session.transport
         if session.closed or transport is None:
             return None
-        pieces = self.conn.pieces_to_send()
-        if pieces:
-            if len(pieces) == 1:
-                transport.write(pieces[0])
-            else:
-                transport.writelines(pieces)
+        session.flush()
         return transport.get_write_buffer_size()
 
     def publish_notify(self, sid: int, name: str) -> None:
@@ -726,48 +730,17 @@ class Channel:
         else:
             pieces = []
             start = size = video = audio = 0
-        new: list[bytes] = []
-        for i in range(start, len(gop)):
-            item = gop[i]
-            data = self._frame_entry(p, item)
-            if data is not None:
-                new.append(data)
-                if _type_of(item) == VIDEO:
-                    video += 1
-                else:
-                    audio += 1
-        if new:
-            size += sum(map(len, new))
-            if len(new) > 1 and p.framing >= -1:
-                new = [b"".join(new)]
-            pieces += new
+        if start < len(gop):
+            new = _frame_items(p, itertools.islice(gop, start, None))
+            pieces += new.pieces
+            size += new.size
+            video += new.video
+            audio += new.audio
         assert p.offset is not None
-        self._joins[key] = _Run(
+        run = self._joins[key] = _Run(
             pieces, p.offset, (last[0], last[1], last[2]), size, video, audio, len(gop)
         )
-        for data in pieces:
-            p.send_raw(data)
-        p.video_frames += video
-        p.audio_frames += audio
-
-    def _frame_entry(self, p: Player, item: Message | _Entry) -> bytes | None:
-        """A cached message framed for `p` (moving its timeline on), or None when it gets
-        nothing of it (filtered, or no default track for a player without multitrack)."""
-        if type(item) is Message:
-            msg = item
-            payload: bytes | None = msg.payload
-        else:
-            entry = cast(_Entry, item)
-            msg = entry.msg
-            payload = msg.payload if p.multitrack else entry.legacy_payload()
-        t = msg.type_id
-        if (t == VIDEO and not p.video) or (t == AUDIO and not p.audio):
-            return None
-        if payload is None:
-            return None
-        csid = CSID_VIDEO if t == VIDEO else CSID_AUDIO
-        ts = p.out_ts(msg.timestamp, t)
-        return p.frame(csid, ts, t, p.sid, payload)
+        run.send_to(p)
 
     def _resume(self, p: Player, ts: int) -> bool:
         """At a keyframe (publisher timestamp `ts`): may `p` start receiving again? Sends the
@@ -835,15 +808,12 @@ class Channel:
             ckey = (off, last[0], last[1], last[2], p.sid, p.framing)
             framed = cohorts.get(ckey)
             if framed is None:
-                framed = cohorts[ckey] = _frame_run(p, run)
+                framed = cohorts[ckey] = _frame_items(p, (msg for msg, *_ in run))
             else:
                 p.offset = framed.offset
                 last[0], last[1], last[2] = framed.last
-            for data in framed.pieces:
-                p.send_raw(data)
+            framed.send_to(p)
             p.bytes_out += framed.size
-            p.video_frames += framed.video
-            p.audio_frames += framed.audio
             if not p.dirty:
                 p.dirty = True
                 dirty.append(p)
@@ -976,39 +946,53 @@ class _Run:
         self.video = video
         self.audio = audio
 
+    def send_to(self, p: Player) -> None:
+        """Queue the run to `p` (whose timeline is where the run leaves it)."""
+        for data in self.pieces:
+            p.send_raw(data)
+        p.video_frames += self.video
+        p.audio_frames += self.audio
 
-def _frame_run(p: Player, run: list[tuple[Message, bool, bool, bool]]) -> _Run:
-    """Frame `run` for `p` (not gated, its offset set), moving its timeline on: what every
-    player in the same place of the same timeline gets. Outputs whose framed messages are
-    bytes (RTMP chunks, FLV tags) get them joined into one piece."""
-    off = p.offset
-    assert off is not None
-    last = p.last
-    sid = p.sid
-    frame = p.frame
+
+def _frame_entry(p: Player, item: Message | _Entry) -> bytes | None:
+    """A message framed for `p` (moving its timeline on), or None when it gets nothing of it
+    (filtered, or no default track for a player without multitrack)."""
+    if type(item) is Message:
+        msg = item
+        payload: bytes | None = msg.payload
+    else:
+        entry = cast(_Entry, item)
+        msg = entry.msg
+        payload = msg.payload if p.multitrack else entry.legacy_payload()
+    t = msg.type_id
+    if (t == VIDEO and not p.video) or (t == AUDIO and not p.audio):
+        return None
+    if payload is None:
+        return None
+    csid = CSID_VIDEO if t == VIDEO else CSID_AUDIO
+    ts = p.out_ts(msg.timestamp, t)
+    return p.frame(csid, ts, t, p.sid, payload)
+
+
+def _frame_items(p: Player, items: Iterable[Message | _Entry]) -> _Run:
+    """Frame `items` for `p` (its offset set), moving its timeline on: what every player in
+    the same place of the same timeline gets. Outputs whose framed messages are bytes (RTMP
+    chunks, FLV tags) get them joined into one piece."""
     pieces: list[bytes] = []
     video = audio = 0
-    for msg, is_video, _key, _has_video in run:
-        ts = msg.timestamp
-        t = msg.type_id
-        kind = t & 3
-        out = (ts - off) & _MASK
-        if (out - last[kind]) & _MASK >= _HALF:
-            out = p.behind(ts, out, kind)
-            off = p.offset
-            assert off is not None
-        else:
-            last[kind] = out
-        if is_video:
-            pieces.append(frame(CSID_VIDEO, out, t, sid, msg.payload))
-            video += 1
-        else:
-            pieces.append(frame(CSID_AUDIO, out, t, sid, msg.payload))
-            audio += 1
+    for item in items:
+        data = _frame_entry(p, item)
+        if data is not None:
+            pieces.append(data)
+            if _type_of(item) == VIDEO:
+                video += 1
+            else:
+                audio += 1
     size = sum(map(len, pieces))
     if len(pieces) > 1 and p.framing >= -1:
         pieces = [b"".join(pieces)]
-    return _Run(pieces, off, (last[0], last[1], last[2]), size, video, audio)
+    assert p.offset is not None
+    return _Run(pieces, p.offset, (p.last[0], p.last[1], p.last[2]), size, video, audio)
 
 
 def _type_of(item: Message | _Entry) -> int:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from ..logs import get_logger
 from ..protocol.connection import CSID_DATA
 from ..protocol.messages import DATA_AMF0, Message
+from .relay import flush_then_buffered
 
 if TYPE_CHECKING:
     from .relay import Player, Relay
@@ -122,11 +123,7 @@ class Subscription:
     def buffered(self) -> int:
         return self._queued
 
-    def drain(self) -> int | None:
-        if self.closed:
-            return None
-        self.flush()
-        return self.buffered()
+    drain = flush_then_buffered
 
     def publish_notify(self, sid: int, name: str) -> None:
         pass  # no such message in the iteration: the messages just go on
