@@ -400,9 +400,10 @@ class ServerConfig:
     """A publish of a name already being published: takeover (the new publisher replaces
     the old one) or refuse (the new one gets NetStream.Publish.BadName)."""
     merge_reads: float = _key("publish", 0.0, kind="float", lo=0, hi=1.0)
-    """Merged reads (SRS's `mr`): after each read from a publisher, wait this many seconds
-    before the next, so that a read takes what arrived meanwhile in one go; fewer reads cost
-    less CPU per stream, each adds up to this much latency; 0: read as soon as bytes arrive."""
+    """Merged reads (SRS's `mr`): after a small read (under 64 KiB) from a publisher, wait up
+    to this many seconds before the next, so that a read takes what arrived meanwhile in one
+    go; fewer reads cost less CPU per stream and add up to this much latency; a larger read
+    (a bulk push, a burst) is followed at once; 0: read as soon as bytes arrive."""
     # [pull]
     pull: list[str] = field(default_factory=list, metadata=_meta("pull", "app_urls"))
     """APP=URL (repeatable): a play of APP/NAME that is not published here pulls URL/NAME
