@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rtmp2server.config import RelayConfig
 from rtmp2server.protocol.client import ClientConnection
 from rtmp2server.protocol.messages import Message
 from rtmp2server.server.server import RTMPServer, ServerConfig, Session
@@ -177,7 +178,12 @@ def _ticks(src: Source, seconds: float) -> list[bytes]:
 
 async def run(args: argparse.Namespace) -> dict[str, float]:
     src = load_source(media.media(Path(args.cache), 10, args.mbit))
-    cfg = ServerConfig(record_dir=None, max_connections=100000, max_connections_per_ip=0)
+    cfg = ServerConfig(
+        record_dir=None,
+        max_connections=100000,
+        max_connections_per_ip=0,
+        relay=RelayConfig(gop_cache=not args.no_gop_cache),
+    )
     server = RTMPServer(cfg)
     pubs = [await _publisher(server, i, src) for i in range(args.publishers)]
     players = [await _player(server, i, "s0") for i in range(args.players)]
@@ -237,6 +243,7 @@ def main() -> None:
     ap.add_argument("--cache", default=str(Path(__file__).resolve().parents[1] / ".cache"))
     ap.add_argument("--profile", default="")
     ap.add_argument("--uvloop", action="store_true")
+    ap.add_argument("--no-gop-cache", action="store_true", help="the relay's GOP cache off")
     args = ap.parse_args()
     if args.uvloop:
         import uvloop

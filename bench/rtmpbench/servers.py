@@ -327,13 +327,15 @@ def with_args(base: ServerSpec, args: list[str], name: str) -> ServerSpec:
 _SUFFIXES = {
     "+w": lambda n: ["--workers", str(n)],
     "+mr": lambda n: ["--merge-reads", str(n / 1000)],
+    "+gop": lambda n: ["--gop-cache-messages", str(n)],
 }
 
 
 def spec(name: str) -> ServerSpec:
     """A server by name: one of SERVERS, `ours@REV` (see `ours_at`), or either of ours with
-    `+wN` (`ours+uvloop+w2`: `--workers 2`) or `+mrN` (`ours+uvloop+mr50`: `--merge-reads
-    0.05`), see `with_args`."""
+    `+wN` (`ours+uvloop+w2`: `--workers 2`), `+mrN` (`ours+uvloop+mr50`: `--merge-reads
+    0.05`) or `+gopN` (`ours+uvloop+gop0`: `--gop-cache-messages 0`, no GOP cache, as
+    nginx-rtmp), see `with_args`."""
     for suffix, args in _SUFFIXES.items():
         base, sep, value = name.rpartition(suffix)
         if sep and value.isdigit() and base.startswith("ours"):
