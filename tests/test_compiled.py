@@ -432,6 +432,47 @@ def test_compiled_messages_behave_as_the_pure_ones(
     assert compiled.MessageType(9) == compiled.VIDEO == 9
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_media_run_vectors(compiled: bool) -> None:
+    mod = _both("messages")[compiled]
+    M = mod.Message
+    a, v = M(4, 0, 8, 1, b"\xaf\x01ab"), M(6, 0, 9, 1, b"\x17\x01" + bytes(98))
+    assert mod.media_run([]) == (-1, 0, 0, 0)
+    assert mod.media_run([a, v, a]) == (1, 1, 2, 4 + 100 + 4)
+    assert mod.media_run([M(6, 0, 9, 0, b"")]) == (0, 1, 0, 0)
+    assert mod.media_run([a, M(4, 0, 8, 3, b"x")]) == (-1, 0, 0, 0)  # two message streams
+    assert mod.media_run([a, M(5, 0, 18, 1, b"x")]) == (-1, 0, 0, 0)  # data among them
+    assert mod.media_run([a, object()]) == (-1, 0, 0, 0)  # an event among them
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    items=st.lists(
+        st.tuples(
+            st.sampled_from([1, 8, 9, 18, 20]), st.integers(0, 2), st.integers(0, 40), st.booleans()
+        ),
+        max_size=6,
+    )
+)
+def test_media_run_agrees_with_a_loop_in_both_implementations(
+    items: list[tuple[int, int, int, bool]],
+) -> None:
+    for mod in _both("messages"):
+        msgs = [mod.Message(4, 0, t, sid, bytes(n)) if m else (t, sid) for t, sid, n, m in items]
+        media = all(type(x) is mod.Message and x.type_id in (8, 9) for x in msgs)
+        sids = {x.stream_id for x in msgs if type(x) is mod.Message}
+        if msgs and media and len(sids) == 1:
+            want = (
+                sids.pop(),
+                sum(x.type_id == 9 for x in msgs),
+                sum(x.type_id == 8 for x in msgs),
+                sum(x.size for x in msgs),
+            )
+        else:
+            want = (-1, 0, 0, 0)
+        assert mod.media_run(msgs) == want
+
+
 # --- FLV -------------------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 from ..logs import get_logger
 from . import amf0, enhanced
@@ -52,6 +52,7 @@ from .messages import (
     Message,
     MessageType,
     UserControlEvent,
+    media_run,
     set_peer_bandwidth_body,
     u32,
 )
@@ -196,7 +197,14 @@ class ServerConnection(Endpoint):
                 if not rest:
                     return []
                 data = rest
-            for msg in self._reader.feed(data):
+            msgs = self._reader.feed(data)
+            sid = media_run(msgs)[0]
+            if sid >= 0 and sid in self._media_in:
+                # The usual read of a publisher: media of the stream it publishes, nothing
+                # else (looked over in one compiled step).
+                items = cast("list[ReceivedItem]", msgs)  # the reader's own new list
+                msgs = []
+            for msg in msgs:
                 type_id = msg.type_id
                 if type_id in (VIDEO, AUDIO):
                     if msg.stream_id in self._media_in:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from ..logs import get_logger
-from ..protocol.messages import AUDIO, VIDEO, Message
+from ..protocol.messages import AUDIO, VIDEO, Message, media_run
 
 log = get_logger(__name__)
 
@@ -90,14 +90,16 @@ class Stream:
     def deliver_all(self, msgs: list[Message]) -> None:
         """Count `msgs` and hand them to every sink, in order. A failing sink is detached and
         logged; the publisher and the other sinks go on."""
-        video = audio = size = 0
-        for msg in msgs:
-            type_id = msg.type_id
-            if type_id == VIDEO:
-                video += 1
-            elif type_id == AUDIO:
-                audio += 1
-            size += msg.size
+        sid, video, audio, size = media_run(msgs)
+        if sid < 0:  # data messages among them
+            video = audio = size = 0
+            for msg in msgs:
+                type_id = msg.type_id
+                if type_id == VIDEO:
+                    video += 1
+                elif type_id == AUDIO:
+                    audio += 1
+                size += msg.size
         self.video_frames += video
         self.audio_frames += audio
         self.data_messages += len(msgs) - video - audio

@@ -30,7 +30,7 @@ from ..logs import get_logger, redact_query
 from ..protocol.connection import ServerConnection, State
 from ..protocol.errors import BudgetExceeded, RemoteProtocolError
 from ..protocol.events import Connected, PlayRequest, PublishRequest, StreamClosed
-from ..protocol.messages import Message
+from ..protocol.messages import Message, media_run
 from .access import AccessControl, Decision, Request, access_config
 from .pull import Pulls
 from .push import PushManager
@@ -174,6 +174,13 @@ class Session(asyncio.BufferedProtocol):
         """Media messages to their stream's sinks, a run of one stream's messages at once;
         events (unless `events` is False) acted on in order with them."""
         published = self.published
+        sid = media_run(items)[0]
+        if sid >= 0:
+            # The usual read of a publisher: one stream's media, one run.
+            stream = published.get(sid)
+            if stream is not None:
+                stream.deliver_all(items)
+                return
         run: list[Message] = []
         target: Stream | None = None  # when set, `run` holds its next messages
         for item in items:
