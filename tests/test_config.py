@@ -62,6 +62,7 @@ EXPECTED_RELAY = {
     "gop_cache": True,
     "gop_max_messages": 4096,
     "gop_max_bytes": 32 * 1024 * 1024,
+    "gop_cache_idle": math.inf,
     "player_max_buffer": 4 * 1024 * 1024,
     "republish_grace": 10.0,
 }

@@ -509,7 +509,6 @@ def test_stalled_player_is_bounded_and_others_and_recording_stay_complete(tmp_pa
             players = [await Peer.open(s.port) for _ in range(19)]
             for p in players:
                 await p.play("crowd")
-            assert s.relay is not None
             await players[0].wait(lambda: len(s.relay.players()) == 20)
             peak = 0
             for i in range(0, len(media), 20):
@@ -549,7 +548,6 @@ def test_play_wait_forever() -> None:
             await player.play("someday")
             await player.status("NetStream.Play.Start")
             await asyncio.sleep(0.3)
-            assert s.relay is not None
             (p,) = s.relay.players()
             assert p.timer is None and "NetStream.Play.StreamNotFound" not in player.statuses
             pub = await Peer.open(s.port)
@@ -587,6 +585,45 @@ def test_gop_over_the_cache_bound_makes_joiners_wait_for_the_next_keyframe() -> 
             assert [m.payload for m in av[:2]] == [AVC_SEQ, AAC_SEQ]
             check_stream(av[2:], media)
             assert av[2].payload == media[120][2]  # frame 60, the next keyframe
+
+    run(main())
+
+
+def test_with_gop_cache_idle_only_played_streams_cache_their_gop() -> None:
+    media = av_frames(150)  # keyframes at frames 0, 30, 60, 90, 120
+
+    async def main() -> None:
+        async with server(gop_cache_idle=0.3) as s:
+            pub = await Peer.open(s.port)
+            await pub.publish("cam")
+            await pub.send([(VIDEO, 0, AVC_SEQ), (AUDIO, 0, AAC_SEQ), *media[:90]], METADATA)
+            first = await Peer.open(s.port)
+            await first.play("cam")
+            await first.status("NetStream.Play.Start")
+            await asyncio.sleep(0.05)
+            assert first.av()[2:] == []  # never played: nothing cached, it waits
+            await pub.send(media[90:150])  # frames 45..74: keyframe 60
+            await first.wait(lambda: len(first.av()) >= 2 + 2 * 15)
+            assert first.av()[2].payload == media[120][2]  # frame 60
+            second = await Peer.open(s.port)
+            await second.play("cam")
+            await second.wait(lambda: len(second.av()) >= 2 + 2 * 15)
+            assert second.av()[2].payload == media[120][2]  # from the cache
+            await first.close()
+            await second.close()
+            await asyncio.sleep(0.5)  # beyond gop_cache_idle without a player
+            await pub.send(media[150:240])  # frames 75..119: keyframe 90 is not cached
+            late = await Peer.open(s.port)
+            await late.play("cam")
+            await late.status("NetStream.Play.Start")
+            await asyncio.sleep(0.05)
+            assert late.av()[2:] == []
+            await pub.send(media[240:])
+            await late.wait(lambda: len(late.av()) >= 2 + 2 * 30)
+            assert late.av()[2].payload == media[240][2]  # frame 120, the next keyframe
+            check_stream(late.av()[2:], media)
+            await pub.close()
+            await late.close()
 
     run(main())
 
@@ -780,7 +817,6 @@ def test_delete_stream_and_disconnect_remove_players() -> None:
             await a.play("gone")
             b = await Peer.open(s.port)
             await b.play("gone")
-            assert s.relay is not None
             await a.wait(lambda: len(s.relay.players()) == 2)
             a.conn.delete_stream(a.sid)
             await a.flush()

@@ -361,6 +361,8 @@ class Channel:
         self.gop_bytes = 0
         self.gop_min_ts = 0
         self.caching = False
+        # Until when a stream nobody plays caches its GOP (`RelayConfig.gop_cache_idle`).
+        self.cache_until = -math.inf
         # The bounds of the GOP being cached (the configuration's as of its keyframe).
         self.gop_max_messages = 0
         self.gop_max_bytes = 0
@@ -512,9 +514,11 @@ class Channel:
                     if is_video:
                         self.has_video = True
                     if cache:
-                        if key or not self.caching:
-                            self._cache(msg, msg, key)
-                        else:  # `_cache`, inlined: this runs for every frame of every publish
+                        if key:
+                            self._cache(msg, msg, True)
+                        elif (
+                            self.caching
+                        ):  # `_cache`, inlined: this runs for every frame of every publish
                             self.gop.append(msg)
                             self.gop_bytes += msg.size
                             if (msg.timestamp - self.gop_min_ts) & _MASK >= _HALF:
@@ -596,6 +600,10 @@ class Channel:
     def _cache(self, item: Message | _Entry, msg: Message, key: bool) -> None:
         """Cache `msg` (as `item`: itself, or its `_Entry` when it is multitrack)."""
         if key:
+            if not self.players and not self._cache_unplayed():
+                if self.caching:
+                    self._drop_gop()
+                return
             self.gop = [item]
             if self._joins:
                 self._joins = {}
@@ -617,6 +625,11 @@ class Channel:
             self.gop_min_ts = ts
         if len(self.gop) > self.gop_max_messages or self.gop_bytes > self.gop_max_bytes:
             self._gop_too_long()
+
+    def _cache_unplayed(self) -> bool:
+        """May this stream, which nobody plays, cache the GOP that starts now?"""
+        idle = self.relay.config.gop_cache_idle
+        return idle == math.inf or time.monotonic() < self.cache_until
 
     def _gop_too_long(self) -> None:
         log.info(
@@ -649,6 +662,8 @@ class Channel:
             p.timer = None
         self.players = [q for q in self.players if q is not p]
         p.channel = None
+        if not self.players:
+            self.cache_until = time.monotonic() + self.relay.config.gop_cache_idle
         if not self.players and self.stream is None:
             self._end_gap()
             self.relay._forget(self)
