@@ -323,19 +323,22 @@ def with_args(base: ServerSpec, args: list[str], name: str) -> ServerSpec:
     return ServerSpec(name, base.can_play, command, env=base.env, available=base.available)
 
 
-# Suffixes of ours' names: `+wN` runs N workers, `+mrN` merges reads over N ms.
+# Suffixes of ours' names: `+wN` runs N workers, `+mrN` merges reads over N ms, `+gopN` and
+# `+idleN` set the GOP cache's bound in messages and its idle time.
 _SUFFIXES = {
     "+w": lambda n: ["--workers", str(n)],
     "+mr": lambda n: ["--merge-reads", str(n / 1000)],
     "+gop": lambda n: ["--gop-cache-messages", str(n)],
+    "+idle": lambda n: ["--gop-cache-idle", str(n)],
 }
 
 
 def spec(name: str) -> ServerSpec:
     """A server by name: one of SERVERS, `ours@REV` (see `ours_at`), or either of ours with
     `+wN` (`ours+uvloop+w2`: `--workers 2`), `+mrN` (`ours+uvloop+mr50`: `--merge-reads
-    0.05`) or `+gopN` (`ours+uvloop+gop0`: `--gop-cache-messages 0`, no GOP cache, as
-    nginx-rtmp), see `with_args`."""
+    0.05`), `+gopN` (`ours+uvloop+gop0`: `--gop-cache-messages 0`, no GOP cache, as
+    nginx-rtmp) or `+idleN` (`ours+uvloop+idle0`: `--gop-cache-idle 0`, the GOP cached only
+    for played streams), see `with_args`."""
     for suffix, args in _SUFFIXES.items():
         base, sep, value = name.rpartition(suffix)
         if sep and value.isdigit() and base.startswith("ours"):
