@@ -509,6 +509,7 @@ def test_stalled_player_is_bounded_and_others_and_recording_stay_complete(tmp_pa
             players = [await Peer.open(s.port) for _ in range(19)]
             for p in players:
                 await p.play("crowd")
+            assert s.relay is not None
             await players[0].wait(lambda: len(s.relay.players()) == 20)
             peak = 0
             for i in range(0, len(media), 20):
@@ -548,6 +549,7 @@ def test_play_wait_forever() -> None:
             await player.play("someday")
             await player.status("NetStream.Play.Start")
             await asyncio.sleep(0.3)
+            assert s.relay is not None
             (p,) = s.relay.players()
             assert p.timer is None and "NetStream.Play.StreamNotFound" not in player.statuses
             pub = await Peer.open(s.port)
@@ -817,6 +819,7 @@ def test_delete_stream_and_disconnect_remove_players() -> None:
             await a.play("gone")
             b = await Peer.open(s.port)
             await b.play("gone")
+            assert s.relay is not None
             await a.wait(lambda: len(s.relay.players()) == 2)
             a.conn.delete_stream(a.sid)
             await a.flush()
