@@ -440,8 +440,8 @@ def test_media_run_vectors(compiled: bool) -> None:
     assert mod.media_run([]) == (-1, 0, 0, 0)
     assert mod.media_run([a, v, a]) == (1, 1, 2, 4 + 100 + 4)
     assert mod.media_run([M(6, 0, 9, 0, b"")]) == (0, 1, 0, 0)
-    assert mod.media_run([a, M(4, 0, 8, 3, b"x")]) == (-1, 0, 0, 0)  # two message streams
-    assert mod.media_run([a, M(5, 0, 18, 1, b"x")]) == (-1, 0, 0, 0)  # data among them
+    assert mod.media_run([a, M(4, 0, 8, 3, b"x")]) == (-1, 0, 2, 5)  # two message streams
+    assert mod.media_run([a, M(5, 0, 18, 1, b"xy")]) == (-1, 0, 1, 6)  # data among them
     assert mod.media_run([a, object()]) == (-1, 0, 0, 0)  # an event among them
 
 
@@ -459,11 +459,11 @@ def test_media_run_agrees_with_a_loop_in_both_implementations(
 ) -> None:
     for mod in _both("messages"):
         msgs = [mod.Message(4, 0, t, sid, bytes(n)) if m else (t, sid) for t, sid, n, m in items]
-        media = all(type(x) is mod.Message and x.type_id in (8, 9) for x in msgs)
-        sids = {x.stream_id for x in msgs if type(x) is mod.Message}
-        if msgs and media and len(sids) == 1:
+        if all(type(x) is mod.Message for x in msgs):
+            media = all(x.type_id in (8, 9) for x in msgs)
+            sids = {x.stream_id for x in msgs}
             want = (
-                sids.pop(),
+                sids.pop() if media and len(sids) == 1 else -1,
                 sum(x.type_id == 9 for x in msgs),
                 sum(x.type_id == 8 for x in msgs),
                 sum(x.size for x in msgs),

@@ -173,14 +173,16 @@ class Message:
 
 
 def media_run(items: list[Any]) -> tuple[int, int, int, int]:
-    """Look over a read's items at once: when every one is an audio or video `Message` of one
-    message stream, (its stream id, the video messages, the audio messages, their payload
-    bytes); stream id -1 when not, or when `items` is empty.
+    """Look over a read's items at once: (stream id, video messages, audio messages, payload
+    bytes of all of them). The stream id is that of the one message stream when every item is
+    an audio or video message of it, else -1 (also for no items). An item that is no
+    `Message` (an event) gives (-1, 0, 0, 0).
 
     The live path's one look at what a publisher's read brought (the connection's filter, the
-    session's dispatch and the stream's counters all ask it): compiled, it costs a read a
-    fraction of what a loop over the messages in each of them did."""
+    session's dispatch and the stream's counters): compiled, it costs a read a fraction of
+    what a loop over the messages in each of them did."""
     sid = -1
+    mixed = False
     video = audio = size = 0
     for item in items:
         if not isinstance(item, Message):
@@ -191,13 +193,13 @@ def media_run(items: list[Any]) -> tuple[int, int, int, int]:
         elif t == AUDIO:
             audio += 1
         else:
-            return -1, 0, 0, 0
-        if item.stream_id != sid:
-            if sid != -1:
-                return -1, 0, 0, 0
+            mixed = True
+        if sid == -1:
             sid = item.stream_id
+        elif item.stream_id != sid:
+            mixed = True
         size += item.size
-    return sid, video, audio, size
+    return -1 if mixed else sid, video, audio, size
 
 
 # --- control message bodies -------------------------------------------------------------

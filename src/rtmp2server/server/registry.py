@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from ..logs import get_logger
-from ..protocol.messages import AUDIO, VIDEO, Message, media_run
+from ..protocol.messages import Message, media_run
 
 log = get_logger(__name__)
 
@@ -90,16 +90,11 @@ class Stream:
     def deliver_all(self, msgs: list[Message]) -> None:
         """Count `msgs` and hand them to every sink, in order. A failing sink is detached and
         logged; the publisher and the other sinks go on."""
-        sid, video, audio, size = media_run(msgs)
-        if sid < 0:  # data messages among them
-            video = audio = size = 0
-            for msg in msgs:
-                type_id = msg.type_id
-                if type_id == VIDEO:
-                    video += 1
-                elif type_id == AUDIO:
-                    audio += 1
-                size += msg.size
+        _, video, audio, size = media_run(msgs)
+        self.deliver_counted(msgs, video, audio, size)
+
+    def deliver_counted(self, msgs: list[Message], video: int, audio: int, size: int) -> None:
+        """`deliver_all` for a caller that has already counted `msgs` (`media_run`)."""
         self.video_frames += video
         self.audio_frames += audio
         self.data_messages += len(msgs) - video - audio

@@ -516,9 +516,8 @@ class Channel:
                     if cache:
                         if key:
                             self._cache(msg, msg, True)
-                        elif (
-                            self.caching
-                        ):  # `_cache`, inlined: this runs for every frame of every publish
+                        elif self.caching:
+                            # `_cache`, inlined: this runs for every frame of every publish.
                             self.gop.append(msg)
                             self.gop_bytes += msg.size
                             if (msg.timestamp - self.gop_min_ts) & _MASK >= _HALF:

@@ -174,12 +174,12 @@ class Session(asyncio.BufferedProtocol):
         """Media messages to their stream's sinks, a run of one stream's messages at once;
         events (unless `events` is False) acted on in order with them."""
         published = self.published
-        sid = media_run(items)[0]
+        sid, video, audio, size = media_run(items)
         if sid >= 0:
             # The usual read of a publisher: one stream's media, one run.
             stream = published.get(sid)
             if stream is not None:
-                stream.deliver_all(items)
+                stream.deliver_counted(items, video, audio, size)
                 return
         run: list[Message] = []
         target: Stream | None = None  # when set, `run` holds its next messages
