@@ -13,6 +13,7 @@ one raises.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
 import subprocess
@@ -26,7 +27,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rtmp2server.protocol import _compiled
-from rtmp2server.protocol.connection import ServerConnection
 from rtmp2server.protocol.errors import LocalProtocolError, RemoteProtocolError
 from rtmp2server.protocol.events import PlayRequest, PublishRequest
 from rtmp2server.protocol.messages import Message
@@ -35,6 +35,7 @@ from support.fuzz import HANDSHAKE_END, chunk_map, mutate_in_place, mutate_lengt
 from support.media import SourceMedia
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+TESTS = Path(__file__).resolve().parent
 
 
 def _both(name: str) -> tuple[ModuleType, ModuleType]:
@@ -90,9 +91,10 @@ def _implementations_in_child(pure: bool) -> str:
         env[_compiled.PURE_ENV] = "1"
     env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
     code = (
-        "from rtmp2server.protocol import _compiled, chunk, flv, messages\n"
-        "print(sorted(_compiled.implementations().items()), chunk.__file__, flv.__file__,"
-        " messages.__file__)"
+        "import importlib\n"
+        "from rtmp2server.protocol import _compiled\n"
+        "print(sorted(_compiled.implementations().items()), *(importlib.import_module("
+        "f'rtmp2server.protocol.{n}').__file__ for n in _compiled.COMPILED))"
     )
     return subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
@@ -101,13 +103,16 @@ def _implementations_in_child(pure: bool) -> str:
 
 def test_rtmp2_pure_forces_the_sources_and_the_build_is_chosen_without_it() -> None:
     forced = _implementations_in_child(pure=True)
-    assert forced.startswith("[('chunk', 'pure'), ('flv', 'pure'), ('messages', 'pure')]")
-    assert forced.count(".py") >= 3 and ".so" not in forced
+    assert forced.startswith(_listing("pure")), forced
+    assert forced.count(".py") >= len(_compiled.COMPILED) and ".so" not in forced
     _chunk_modules()  # the build is there
     chosen = _implementations_in_child(pure=False)
-    assert chosen.startswith(
-        "[('chunk', 'compiled'), ('flv', 'compiled'), ('messages', 'compiled')]"
-    ), chosen
+    assert chosen.startswith(_listing("compiled")), chosen
+
+
+def _listing(implementation: str) -> str:
+    """How `_implementations_in_child` prints every module running as `implementation`."""
+    return str(sorted(dict.fromkeys(_compiled.COMPILED, implementation).items()))
 
 
 def test_one_stale_extension_makes_all_of_them_run_their_sources(tmp_path: Path) -> None:
@@ -130,7 +135,7 @@ def test_one_stale_extension_makes_all_of_them_run_their_sources(tmp_path: Path)
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert done.stdout.splitlines() == [
-        "[('chunk', 'pure'), ('flv', 'pure'), ('messages', 'pure')]",
+        _listing("pure"),
         "[Message(csid=3, timestamp=0, type_id=9, stream_id=1, payload=<1 bytes>)]",
     ]
     assert "the compiled messages is missing or older than its source" in done.stderr
@@ -188,17 +193,10 @@ def _item(item: Any) -> Any:
 
 
 def connection_trace(mod: ModuleType, pieces: list[bytes]) -> list[Any]:
-    """A server connection fed a client's whole connection (handshake included), reading its
-    chunk stream with `mod`'s reader: the items and errors of each read, and what it sent
+    """A server connection of `mod` (the connection module, compiled or pure) fed a client's
+    whole connection (handshake included): the items and errors of each read, and what it sent
     back (past the handshake)."""
-    conn = ServerConnection()
-    old = conn._reader
-    conn._reader = mod.ChunkReader(
-        max_message_size=old.max_message_size,
-        max_chunk_streams=old.max_chunk_streams,
-        max_partial_bytes=old.max_partial_bytes,
-        max_chunk_size=old.max_chunk_size,
-    )
+    conn = mod.ServerConnection()
     trace: list[Any] = []
     answered = False
     for piece in pieces:
@@ -346,9 +344,9 @@ def captures(tmp_path_factory: pytest.TempPathFactory, source: SourceMedia) -> d
 def test_compiled_reader_reads_real_captures_and_their_mutants_as_the_pure_one(
     captures: dict[str, Capture],
 ) -> None:
-    pure, compiled = _chunk_modules()
     names = sorted(captures)
     raised = 0
+    wholes: list[list[bytes]] = []
     for index in range(240):
         rng = random.Random(f"compiled/{index}")
         base = captures[rng.choice(names)]
@@ -365,10 +363,37 @@ def test_compiled_reader_reads_real_captures_and_their_mutants_as_the_pure_one(
         trace = assert_same_reading(pieces)
         raised += trace[-1][0] in ("raise", "again", "error")
         if index % 4 == 0:
-            whole = _split(rng, bytes(data), list(base.segments))
-            assert connection_trace(compiled, whole) == connection_trace(pure, whole)
+            wholes.append(_split(rng, bytes(data), list(base.segments)))
     # The mutants reach the errors, not only the happy path (most mutations break the stream).
     assert 20 < raised < 240
+    connection = _both("connection")[1]
+    want = pure_connection_traces(wholes)
+    assert len(want) == len(wholes) == 60
+    for whole, expected in zip(wholes, want, strict=True):
+        assert connection_trace(connection, whole) == expected
+
+
+def pure_connection_traces(wholes: list[list[bytes]]) -> list[list[Any]]:
+    """`connection_trace` of the pure connection for each of `wholes`, from a process that
+    runs the sources (`RTMP2_PURE=1`). The connection's modules subclass each other's classes,
+    and a source class cannot subclass a compiled one, so the pure set is loaded whole, in a
+    process of its own."""
+    env = {**os.environ, _compiled.PURE_ENV: "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), str(TESTS), env.get("PYTHONPATH", "")])
+    code = (
+        "import pickle, sys\n"
+        "from rtmp2server.protocol import _compiled, connection\n"
+        "assert _compiled.implementation(connection) == 'pure'\n"
+        "from test_compiled import connection_trace\n"
+        "wholes = pickle.load(sys.stdin.buffer)\n"
+        "pickle.dump([connection_trace(connection, w) for w in wholes], sys.stdout.buffer)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, input=pickle.dumps(wholes), capture_output=True
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    traces: list[list[Any]] = pickle.loads(done.stdout)
+    return traces
 
 
 # --- messages --------------------------------------------------------------------------------

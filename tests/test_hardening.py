@@ -22,7 +22,6 @@ import pytest
 
 from rtmp2server.logs import escape, redact_query
 from rtmp2server.protocol import amf0
-from rtmp2server.protocol.chunk import ChunkReader
 from rtmp2server.server import RTMPServer, ServerConfig
 from support.clients import RawClient, chunk_message, publish
 from support.media import SourceMedia
@@ -78,10 +77,11 @@ def test_closed_connection_freed_without_gc(tmp_path: Path, ending: str) -> None
             await c.flush()
             await wait_for(lambda: bool(server.sessions))
             (session,) = server.sessions
-            refs = [weakref.ref(session), weakref.ref(session.conn)]
-            # The compiled reader is a native object, which takes no weak reference: it is
-            # looked for among the objects the collector tracks (a freed one leaves them).
-            reader = id(session.conn._reader)
+            refs = [weakref.ref(session)]
+            # The compiled connection and reader are native objects, which take no weak
+            # reference: they are looked for among the objects the collector tracks (a freed
+            # one leaves them).
+            native = {id(o): type(o) for o in (session.conn, session.conn._reader)}
             del session
             if ending == "deleteStream":
                 c.conn.delete_stream(sid)
@@ -96,7 +96,7 @@ def test_closed_connection_freed_without_gc(tmp_path: Path, ending: str) -> None
             for _ in range(5):
                 await asyncio.sleep(0)
             alive = [r() for r in refs if r() is not None]
-            alive += [o for o in gc.get_objects() if id(o) == reader and type(o) is ChunkReader]
+            alive += [o for o in gc.get_objects() if native.get(id(o)) is type(o)]
             assert not alive, f"still referenced without gc.collect(): {alive}"
 
     gc.disable()

@@ -34,7 +34,7 @@ from types import ModuleType
 
 PACKAGE = __name__.rpartition(".")[0]
 # The modules mypyc compiles, by name within this package (setup.py reads this list).
-COMPILED = ("chunk", "flv", "messages")
+COMPILED = ("chunk", "client", "connection", "endpoint", "flv", "messages")
 PURE_ENV = "RTMP2_PURE"
 _DIR = Path(__file__).resolve().parent
 

@@ -44,7 +44,7 @@ class ClientCommand:
     @property
     def info(self) -> dict[str, Any]:
         """The info object of an `onStatus` / `_result` (the last dict argument)."""
-        for value in reversed(self.args):
+        for value in self.args[::-1]:  # (mypyc 2.4 cannot compile reversed() of this tuple)
             if isinstance(value, dict):
                 return value
         return {}
