@@ -470,6 +470,68 @@ def test_media_run_vectors(compiled: bool) -> None:
     assert mod.media_run([a, object()]) == (-1, 0, 0, 0)  # an event among them
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_plain_frames_vectors(compiled: bool) -> None:
+    mod = _both("messages")[compiled]
+    M = mod.Message
+    aac, key, inter = b"\xaf\x01abc", b"\x17\x01\x00\x00\x00x", b"\x27\x01\x00\x00\x00"
+    plain = mod.plain_frames
+    V, K = mod.PLAIN_VIDEO, mod.PLAIN_KEY
+    assert plain([], 7) == (0, 0, 7)
+    assert plain([M(4, 10, 8, 1, aac)], 20) == (0, 5, 10)
+    assert plain([M(6, 30, 9, 1, inter), M(4, 20, 8, 1, aac)], 25) == (V, 10, 20)
+    assert plain([M(6, 30, 9, 1, key), M(6, 40, 9, 1, inter)], 35) == (V | K, 11, 30)
+    # 32-bit serial order: 0xFFFFFFF0 is before 5, and 5 is after it.
+    assert plain([M(4, 0xFFFFFFF0, 8, 1, aac), M(4, 5, 8, 1, aac)], 10)[2] == 0xFFFFFFF0
+    for other in (
+        M(6, 0, 9, 1, b"\x17\x00\x00\x00\x00\x01"),  # AVC sequence header
+        M(4, 0, 8, 1, b"\xaf\x00\x12\x10\x00"),  # AAC sequence header
+        M(6, 0, 9, 1, b"\x1c\x01\x00\x00\x00"),  # another codec (HEVC id 12)
+        M(6, 0, 9, 1, b"\x90" + b"hvc1" + b"x"),  # Enhanced RTMP
+        M(4, 0, 8, 1, b"\x2f\x01ab"),  # MP3
+        M(4, 0, 8, 1, b"\xaf\x01a"),  # four bytes: too short to be one
+        M(5, 0, 18, 1, b"\x02\x00\x01x\x05"),  # data
+    ):
+        assert plain([M(4, 0, 8, 1, aac), other], 0) == (-1, 0, 0), other
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    items=st.lists(
+        st.tuples(
+            st.sampled_from([8, 9, 18]),
+            st.sampled_from([b"\x17\x01", b"\x27\x01", b"\xaf\x01", b"\x17\x00", b"\x2f\x01"]),
+            st.integers(0, 6),
+            st.integers(0, 0xFFFFFFFF),
+        ),
+        max_size=6,
+    ),
+    min_ts=st.integers(0, 0xFFFFFFFF),
+)
+def test_plain_frames_agrees_with_the_relay_loop_in_both_implementations(
+    items: list[tuple[int, bytes, int, int]], min_ts: int
+) -> None:
+    """The relay's own test of a plain frame, message by message (`Channel.on_messages`)."""
+    for mod in _both("messages"):
+        msgs = [mod.Message(4, ts, t, 1, head + bytes(n)) for t, head, n, ts in items]
+        kind, size, low, plain = 0, 0, min_ts, True
+        for m in msgs:
+            b0 = m.payload[0]
+            if m.type_id == 18 or m.size <= 4 or m.payload[1] != 1:
+                plain = False
+            elif m.type_id == 9 and b0 in (0x17, 0x27):
+                kind |= mod.PLAIN_VIDEO | (mod.PLAIN_KEY if b0 == 0x17 else 0)
+            elif m.type_id != 9 and b0 >> 4 == 10:
+                pass
+            else:
+                plain = False
+            size += m.size
+            if (m.timestamp - low) % 2**32 >= 2**31:
+                low = m.timestamp
+        want = (kind, size, low) if plain else (-1, 0, min_ts)
+        assert mod.plain_frames(msgs, min_ts) == want
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     items=st.lists(

@@ -202,6 +202,50 @@ def media_run(items: list[Any]) -> tuple[int, int, int, int]:
     return -1 if mixed else sid, video, audio, size
 
 
+PLAIN_VIDEO = 1  # `plain_frames`: the run has video
+PLAIN_KEY = 2  # `plain_frames`: the run has a keyframe
+AVC_KEY = 0x17  # VideoTagHeader: keyframe (1) << 4 | AVC (7); then AVCPacketType 1 is a NALU
+AVC_INTER = 0x27  # inter frame (2) << 4 | AVC
+SOUND_AAC = 10  # AudioTagHeader's SoundFormat; then AACPacketType 1 is a raw frame
+_MASK = 0xFFFFFFFF
+_HALF = 0x80000000
+
+
+def plain_frames(msgs: list[Message], min_ts: int) -> tuple[int, int, int]:
+    """Look over a read's media at once for the relay: (kind, payload bytes, earliest
+    timestamp). `kind` is -1 unless every message is a plain frame, an H.264 NALU packet (a
+    keyframe or an inter frame) or an AAC raw frame, which a player is sent and a GOP cache
+    keeps as it is (no configuration, no multitrack, no other codec, no data message); else
+    `PLAIN_VIDEO` and `PLAIN_KEY` bits. A message of another type than video counts as audio,
+    as the relay looks at it. The earliest timestamp starts at `min_ts` and moves back to
+    every message's that is before it in RTMP's 32-bit serial order (half the range)."""
+    kind = 0
+    size = 0
+    low = min_ts
+    for msg in msgs:
+        t = msg.type_id
+        if t == DATA_AMF0 or msg.size <= 4:
+            return -1, 0, min_ts
+        head = msg.head
+        if len(head) < 2 or head[1] != 1:
+            return -1, 0, min_ts
+        b0 = head[0]
+        if t == VIDEO:
+            if b0 == AVC_KEY:
+                kind |= PLAIN_VIDEO | PLAIN_KEY
+            elif b0 == AVC_INTER:
+                kind |= PLAIN_VIDEO
+            else:
+                return -1, 0, min_ts
+        elif b0 >> 4 != SOUND_AAC:
+            return -1, 0, min_ts
+        size += msg.size
+        ts = msg.timestamp
+        if (ts - low) & _MASK >= _HALF:
+            low = ts
+    return kind, size, low
+
+
 # --- control message bodies -------------------------------------------------------------
 
 MAX_CHUNK_SIZE = 0x7FFFFFFF

@@ -67,7 +67,20 @@ from ..protocol.enhanced import (
     select_track,
 )
 from ..protocol.events import PauseRequest, PlayRequest, ReceiveMedia, StreamClosed
-from ..protocol.messages import AUDIO, DATA_AMF0, ON_METADATA, VIDEO, Message, UserControlEvent
+from ..protocol.messages import (
+    AUDIO,
+    AVC_INTER,
+    AVC_KEY,
+    DATA_AMF0,
+    ON_METADATA,
+    PLAIN_KEY,
+    PLAIN_VIDEO,
+    SOUND_AAC,
+    VIDEO,
+    Message,
+    UserControlEvent,
+    plain_frames,
+)
 from .registry import Stream, StreamKey, StreamRegistry
 
 if TYPE_CHECKING:
@@ -82,9 +95,6 @@ DEFAULT_TRACK = 0
 _UNSET: Any = object()
 STREAM_EOF_DELAY = 0.25  # seconds between UnpublishNotify and User Control Stream EOF
 DISCONTINUITY = 1000  # ms a publisher's timestamp may go back before it counts as a restart
-_AVC_KEY = 0x17  # VideoTagHeader: keyframe (1) << 4 | AVC (7)
-_AVC_INTER = 0x27  # inter frame (2) << 4 | AVC
-_AAC = 10  # SoundFormat
 
 
 def frame_message(
@@ -485,6 +495,22 @@ class Channel:
         self.on_messages(stream, [msg])
 
     def on_messages(self, stream: Stream, msgs: list[Message]) -> None:
+        if not self.players:
+            # The usual read of a stream nobody plays: plain frames and no keyframe, looked
+            # over in one compiled step, then cached as they are (if a GOP is) in one step.
+            kind, size, min_ts = plain_frames(msgs, self.gop_min_ts)
+            if kind >= 0 and not kind & PLAIN_KEY:
+                if kind & PLAIN_VIDEO:
+                    self.has_video = True
+                if self.caching and self.relay.config.gop_cache:
+                    self.gop += msgs
+                    self.gop_bytes += size
+                    self.gop_min_ts = min_ts
+                    if len(self.gop) > self.gop_max_messages or (
+                        self.gop_bytes > self.gop_max_bytes
+                    ):
+                        self._gop_too_long()
+                return
         cache = self.relay.config.gop_cache
         # Plain frames go to the players as one run (`_fan_out_run`) once the read's messages
         # are looked at, or before the first message that needs more (configuration, data,
@@ -507,9 +533,9 @@ class Channel:
                 b0 = head[0]
                 key: bool | None
                 if is_video:
-                    key = True if b0 == _AVC_KEY else False if b0 == _AVC_INTER else None
+                    key = True if b0 == AVC_KEY else False if b0 == AVC_INTER else None
                 else:
-                    key = False if b0 >> 4 == _AAC else None
+                    key = False if b0 >> 4 == SOUND_AAC else None
                 if key is not None:
                     if is_video:
                         self.has_video = True
