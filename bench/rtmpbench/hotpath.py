@@ -7,8 +7,12 @@ one publisher's 50 ms tick a read, round-robin over `--publishers` sessions; `--
 the first stream through transports that count what they are given. The event loop runs the
 relay's flushes between rounds. CPU is `time.process_time()` of the rounds alone.
 
+`--stage` stops a publisher's read early, to see where it goes: `copy` (into the shared buffer
+and out of it, as `buffer_updated` does), `feed` (that and the chunk reader), `receive` (the
+connection's `receive_data`) or `full` (the default: the session, the stream and the relay).
+
     PYTHONPATH=bench:src python -m rtmpbench.hotpath [--publishers 200] [--players 0]
-        [--seconds 20] [--profile out.pstats]
+        [--seconds 20] [--stage full] [--profile out.pstats]
 """
 
 from __future__ import annotations
@@ -89,6 +93,21 @@ def _feed(session: Session, data: bytes) -> None:
         buf[:n] = view[:n]
         session.buffer_updated(n)
         view = view[n:]
+
+
+def _feed_stage(session: Session, data: bytes, stage: str) -> None:
+    """A publisher's read, as far as `stage` (see the module docstring)."""
+    if stage == "full":
+        _feed(session, data)
+        return
+    n = len(data)
+    session.get_buffer(n)[:n] = data
+    read = session.server._read_view[:n].tobytes()
+    if stage == "feed":
+        session.conn._reader.feed(read)
+    elif stage == "receive":
+        session.conn.receive_data(read)
+        session.conn.pieces_to_send()  # acknowledgements, not written anywhere
 
 
 def _client_session(server: RTMPServer, port: int) -> tuple[Session, ClientConnection]:
@@ -207,7 +226,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             prof.enable()
         for s, lag in zip(pubs, lags, strict=True):
             if r >= lag:
-                _feed(s, ticks[r - lag])
+                _feed_stage(s, ticks[r - lag], args.stage)
                 reads += measured
         await asyncio.sleep(0)  # the relay's flushes (call_soon)
         if prof and measured:
@@ -244,6 +263,7 @@ def main() -> None:
     ap.add_argument("--profile", default="")
     ap.add_argument("--uvloop", action="store_true")
     ap.add_argument("--no-gop-cache", action="store_true", help="the relay's GOP cache off")
+    ap.add_argument("--stage", choices=("copy", "feed", "receive", "full"), default="full")
     args = ap.parse_args()
     if args.uvloop:
         import uvloop
