@@ -471,6 +471,15 @@ def test_media_run_vectors(compiled: bool) -> None:
 
 
 @pytest.mark.parametrize("compiled", [False, True])
+def test_media_counts_add_up(compiled: bool) -> None:
+    counts = _both("messages")[compiled].MediaCounts()
+    assert (counts.video, counts.audio, counts.data, counts.bytes) == (0, 0, 0, 0)
+    counts.add(2, 3, 1, 1000)
+    counts.add(0, 1, 0, 2**40)  # a long publish's bytes outgrow 32 bits
+    assert (counts.video, counts.audio, counts.data, counts.bytes) == (2, 4, 1, 1000 + 2**40)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
 def test_plain_frames_vectors(compiled: bool) -> None:
     mod = _both("messages")[compiled]
     M = mod.Message

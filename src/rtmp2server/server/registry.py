@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from ..logs import get_logger
-from ..protocol.messages import Message, media_run
+from ..protocol.messages import MediaCounts, Message, media_run
 
 log = get_logger(__name__)
 
@@ -52,10 +52,7 @@ class Stream:
     started: float = field(default_factory=time.monotonic)
     started_wall: float = field(default_factory=time.time)
     sinks: list[Sink] = field(default_factory=list)
-    video_frames: int = 0
-    audio_frames: int = 0
-    data_messages: int = 0
-    bytes: int = 0
+    counts: MediaCounts = field(default_factory=MediaCounts, repr=False)
     ended: bool = False
     # Push targets of this publish alone (the on_publish callback's answer; `server/push.py`).
     push: list[Any] = field(default_factory=list)
@@ -71,6 +68,22 @@ class Stream:
     @property
     def key(self) -> StreamKey:
         return (self.app, self.name)
+
+    @property
+    def video_frames(self) -> int:
+        return self.counts.video
+
+    @property
+    def audio_frames(self) -> int:
+        return self.counts.audio
+
+    @property
+    def data_messages(self) -> int:
+        return self.counts.data
+
+    @property
+    def bytes(self) -> int:
+        return self.counts.bytes
 
     @property
     def duration(self) -> float:
@@ -95,10 +108,7 @@ class Stream:
 
     def deliver_counted(self, msgs: list[Message], video: int, audio: int, size: int) -> None:
         """`deliver_all` for a caller that has already counted `msgs` (`media_run`)."""
-        self.video_frames += video
-        self.audio_frames += audio
-        self.data_messages += len(msgs) - video - audio
-        self.bytes += size
+        self.counts.add(video, audio, len(msgs) - video - audio, size)
         for sink in self.sinks:
             try:
                 batch = getattr(sink, "on_messages", None)
