@@ -486,6 +486,9 @@ def test_plain_frames_vectors(compiled: bool) -> None:
     aac, key, inter = b"\xaf\x01abc", b"\x17\x01\x00\x00\x00x", b"\x27\x01\x00\x00\x00"
     plain = mod.plain_frames
     V, K = mod.PLAIN_VIDEO, mod.PLAIN_KEY
+    one = mod.plain_frame
+    assert one(M(6, 0, 9, 1, key)) == V | K and one(M(6, 0, 9, 1, inter)) == V
+    assert one(M(4, 0, 8, 1, aac)) == 0 and one(M(5, 0, 18, 1, b"\x02\x00\x01x\x05")) == -1
     assert plain([], 7) == (0, 0, 7)
     assert plain([M(4, 10, 8, 1, aac)], 20) == (0, 5, 10)
     assert plain([M(6, 30, 9, 1, inter), M(4, 20, 8, 1, aac)], 25) == (V, 10, 20)

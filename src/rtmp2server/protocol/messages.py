@@ -232,34 +232,39 @@ _MASK = 0xFFFFFFFF
 _HALF = 0x80000000
 
 
+def plain_frame(msg: Message) -> int:
+    """-1 unless `msg` is a plain frame: an H.264 NALU packet (a keyframe or an inter frame) or
+    an AAC raw frame, which a player is sent and a GOP cache keeps as it is (no configuration,
+    no multitrack, no other codec, no data message), told from its first two bytes; else its
+    `PLAIN_VIDEO` and `PLAIN_KEY` bits (0 for audio). A message of another type than video
+    counts as audio, as the relay looks at it."""
+    t = msg.type_id
+    if t == DATA_AMF0 or msg.size <= 4:
+        return -1
+    head = msg.head
+    if len(head) < 2 or head[1] != 1:
+        return -1
+    b0 = head[0]
+    if t == VIDEO:
+        if b0 == AVC_KEY:
+            return PLAIN_VIDEO | PLAIN_KEY
+        return PLAIN_VIDEO if b0 == AVC_INTER else -1
+    return 0 if b0 >> 4 == SOUND_AAC else -1
+
+
 def plain_frames(msgs: list[Message], min_ts: int) -> tuple[int, int, int]:
     """Look over a read's media at once for the relay: (kind, payload bytes, earliest
-    timestamp). `kind` is -1 unless every message is a plain frame, an H.264 NALU packet (a
-    keyframe or an inter frame) or an AAC raw frame, which a player is sent and a GOP cache
-    keeps as it is (no configuration, no multitrack, no other codec, no data message); else
-    `PLAIN_VIDEO` and `PLAIN_KEY` bits. A message of another type than video counts as audio,
-    as the relay looks at it. The earliest timestamp starts at `min_ts` and moves back to
-    every message's that is before it in RTMP's 32-bit serial order (half the range)."""
+    timestamp). `kind` is -1 unless every message is a plain frame (`plain_frame`), else the
+    union of their bits. The earliest timestamp starts at `min_ts` and moves back to every
+    message's that is before it in RTMP's 32-bit serial order (half the range)."""
     kind = 0
     size = 0
     low = min_ts
     for msg in msgs:
-        t = msg.type_id
-        if t == DATA_AMF0 or msg.size <= 4:
+        bits = plain_frame(msg)
+        if bits < 0:
             return -1, 0, min_ts
-        head = msg.head
-        if len(head) < 2 or head[1] != 1:
-            return -1, 0, min_ts
-        b0 = head[0]
-        if t == VIDEO:
-            if b0 == AVC_KEY:
-                kind |= PLAIN_VIDEO | PLAIN_KEY
-            elif b0 == AVC_INTER:
-                kind |= PLAIN_VIDEO
-            else:
-                return -1, 0, min_ts
-        elif b0 >> 4 != SOUND_AAC:
-            return -1, 0, min_ts
+        kind |= bits
         size += msg.size
         ts = msg.timestamp
         if (ts - low) & _MASK >= _HALF:

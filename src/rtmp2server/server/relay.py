@@ -69,16 +69,14 @@ from ..protocol.enhanced import (
 from ..protocol.events import PauseRequest, PlayRequest, ReceiveMedia, StreamClosed
 from ..protocol.messages import (
     AUDIO,
-    AVC_INTER,
-    AVC_KEY,
     DATA_AMF0,
     ON_METADATA,
     PLAIN_KEY,
     PLAIN_VIDEO,
-    SOUND_AAC,
     VIDEO,
     Message,
     UserControlEvent,
+    plain_frame,
     plain_frames,
 )
 from .registry import Stream, StreamKey, StreamRegistry
@@ -526,35 +524,29 @@ class Channel:
                 self._on_data(msg)
                 continue
             is_video = t == VIDEO
-            head = msg.head
             # The common case first, from the first two bytes: an H.264 frame (AVC NALU
             # packet) or an AAC frame (raw packet): no configuration, no multitrack.
-            if msg.size > 4 and len(head) > 1 and head[1] == 1:
-                b0 = head[0]
-                key: bool | None
+            plain = plain_frame(msg)
+            if plain >= 0:
+                key = (plain & PLAIN_KEY) != 0
                 if is_video:
-                    key = True if b0 == AVC_KEY else False if b0 == AVC_INTER else None
-                else:
-                    key = False if b0 >> 4 == SOUND_AAC else None
-                if key is not None:
-                    if is_video:
-                        self.has_video = True
-                    if cache:
-                        if key:
-                            self._cache(msg, msg, True)
-                        elif self.caching:
-                            # `_cache`, inlined: this runs for every frame of every publish.
-                            self.gop.append(msg)
-                            self.gop_bytes += msg.size
-                            if (msg.timestamp - self.gop_min_ts) & _MASK >= _HALF:
-                                self.gop_min_ts = msg.timestamp
-                            if len(self.gop) > self.gop_max_messages or (
-                                self.gop_bytes > self.gop_max_bytes
-                            ):
-                                self._gop_too_long()
-                    if self.players:
-                        run.append((msg, is_video, key, self.has_video))
-                    continue
+                    self.has_video = True
+                if cache:
+                    if key:
+                        self._cache(msg, msg, True)
+                    elif self.caching:
+                        # `_cache`, inlined: this runs for every frame of every publish.
+                        self.gop.append(msg)
+                        self.gop_bytes += msg.size
+                        if (msg.timestamp - self.gop_min_ts) & _MASK >= _HALF:
+                            self.gop_min_ts = msg.timestamp
+                        if len(self.gop) > self.gop_max_messages or (
+                            self.gop_bytes > self.gop_max_bytes
+                        ):
+                            self._gop_too_long()
+                if self.players:
+                    run.append((msg, is_video, key, self.has_video))
+                continue
             entry, key, hkeys = self._on_media(msg, is_video)
             if not self.players:
                 continue
